@@ -1,0 +1,325 @@
+"""Typed run configuration: one dataclass per stage, YAML presets shipped in the package, and
+`section.key=value` overrides from the command line, all validated with one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scan.errors import ScanError
+
+SECTIONS = ("data", "pretext", "mine", "cluster", "selflabel")
+OPTIMIZERS = ("sgd", "adam")
+VIEW_NAMES = ("weak", "simclr", "strong")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from, their base resolution, and how views are augmented."""
+
+    source: str = "digits"
+    path: str | None = None
+    size: int = 32
+    channels: int = 3
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    hflip: bool = True
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    strong_ops: int = 4
+    cutout: int = 16
+
+
+@dataclass
+class PretextConfig:
+    """SimCLR: backbone, projection head and its SGD + cosine schedule."""
+
+    backbone: str = "resnet18_cifar"
+    feature_dim: int = 128
+    epochs: int = 500
+    batch_size: int = 512
+    lr: float = 0.4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    temperature: float = 0.1
+    lr_decay_rate: float = 0.1
+    warmup_epochs: int = 0
+
+
+@dataclass
+class MineConfig:
+    """Nearest-neighbour mining in the pretext feature space."""
+
+    k: int = 20
+    val_k: int = 5
+    features: str = "projection"
+    batch_size: int = 512
+
+
+@dataclass
+class ClusterConfig:
+    """SCAN loss training of `num_heads` cluster heads and label-free head selection."""
+
+    epochs: int = 50
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    entropy_weight: float = 5.0
+    num_heads: int = 1
+    update_head_only: bool = False
+    augment: str = "strong"
+    select_on: str = "train"
+    select_entropy_weight: float = 1.0
+
+
+@dataclass
+class SelfLabelConfig:
+    """Self-labelling: confident weak-view predictions supervise strong views."""
+
+    epochs: int = 200
+    batch_size: int = 1000
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    threshold: float = 0.99
+    class_balance: bool = True
+    ema: float = 0.0
+    augment: str = "strong"
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; written to RUN/config.yaml and into every checkpoint."""
+
+    preset: str = "digits"
+    clusters: int = 10
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    selflabel: SelfLabelConfig = field(default_factory=SelfLabelConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# What each stage's outputs depend on: a finished stage is reused only while these are unchanged.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "pretext": ("seed", "data", "pretext"),
+    "mine": ("seed", "data", "pretext", "mine", "cluster.select_on"),
+    "cluster": ("seed", "data", "pretext", "mine", "cluster", "clusters"),
+    "selflabel": ("seed", "data", "pretext", "mine", "cluster", "clusters", "selflabel"),
+}
+
+
+def fingerprint(cfg: RunConfig, stage: str) -> str:
+    """A short hash of the config values that `stage`'s outputs depend on."""
+    flat = flatten(cfg.to_dict())
+    keys = STAGE_INPUTS[stage]
+    picked = {k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in keys)}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable 'key: old -> new' lines for the keys that differ."""
+    a, b = flatten(old), flatten(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+
+def preset_names() -> list[str]:
+    """Names of the YAML presets shipped in scan/presets/."""
+    folder = resources.files("scan") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The raw nested dict of preset `name`; unknown names list the valid ones."""
+    names = preset_names()
+    if name not in names:
+        raise ScanError(f"unknown preset {name!r}; valid presets: {', '.join(names)}")
+    text = (resources.files("scan") / "presets" / f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and validating
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a dataclass field type; ints are accepted where floats are expected."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ScanError(f"{key} must be a list, got {value!r}")
+        return [_coerce(key, v, args[0]) for v in value]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool):
+        raise ScanError(f"{key} must be true or false, got {value!r}")
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ScanError(f"{key} must be an integer, got {value!r}")
+    if annotation in (float, str) and not isinstance(value, annotation):
+        raise ScanError(f"{key} must be a {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Set nested `values` on dataclass `obj`, with type checks and key suggestions."""
+    hints = typing.get_type_hints(type(obj))
+    valid = [f.name for f in dataclasses.fields(obj)]
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in valid:
+            raise ScanError(f"unknown config key {full!r}{_suggest(key, valid)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ScanError(f"{full} is a section; set its keys as {full}.KEY=VALUE")
+            _apply(current, value, full + ".")
+        else:
+            setattr(obj, key, _coerce(full, value, hints[key]))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'cluster.entropy_weight=2' -> {'cluster': {'entropy_weight': 2}} (values parsed as YAML)."""
+    if "=" not in text:
+        raise ScanError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ScanError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_positive(cfg: RunConfig, keys: list[str]) -> None:
+    flat = flatten(cfg.to_dict())
+    for key in keys:
+        if not flat[key] > 0:
+            raise ScanError(f"{key} must be > 0, got {flat[key]!r}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks that do not need the data (those live in the pipeline)."""
+    from scan.data.sources import SOURCES
+    from scan.models.backbones import BACKBONES
+
+    _check_choice("data.source", cfg.data.source, SOURCES)
+    _check_choice("pretext.backbone", cfg.pretext.backbone, BACKBONES)
+    _check_choice("device", cfg.device, DEVICES)
+    _check_choice("mine.features", cfg.mine.features, ("projection", "backbone"))
+    _check_choice("cluster.optimizer", cfg.cluster.optimizer, OPTIMIZERS)
+    _check_choice("selflabel.optimizer", cfg.selflabel.optimizer, OPTIMIZERS)
+    _check_choice("cluster.augment", cfg.cluster.augment, VIEW_NAMES)
+    _check_choice("selflabel.augment", cfg.selflabel.augment, VIEW_NAMES)
+    _check_choice("cluster.select_on", cfg.cluster.select_on, ("train", "test"))
+    _check_positive(cfg, [
+        "data.size", "data.channels", "pretext.feature_dim", "pretext.epochs", "pretext.batch_size",
+        "pretext.lr", "pretext.temperature", "mine.k", "mine.val_k", "mine.batch_size",
+        "cluster.epochs", "cluster.batch_size", "cluster.lr", "cluster.num_heads",
+        "selflabel.batch_size", "selflabel.lr",
+    ])
+    if cfg.clusters < 2:
+        raise ScanError(f"--clusters must be at least 2, got {cfg.clusters}")
+    if cfg.data.channels not in (1, 3):
+        raise ScanError(f"data.channels must be 1 or 3, got {cfg.data.channels}")
+    for key in ("mean", "std"):
+        if len(getattr(cfg.data, key)) != cfg.data.channels:
+            raise ScanError(f"data.{key} needs {cfg.data.channels} values (one per channel)")
+    if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
+        raise ScanError(f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {cfg.data.crop_scale}")
+    if len(cfg.data.jitter) != 4:
+        raise ScanError("data.jitter must be [brightness, contrast, saturation, hue]")
+    if not 0 < cfg.selflabel.threshold < 1:
+        raise ScanError(f"selflabel.threshold must be in (0, 1), got {cfg.selflabel.threshold}")
+    if not 0 <= cfg.selflabel.ema < 1:
+        raise ScanError(f"selflabel.ema must be in [0, 1) (0 turns EMA off), got {cfg.selflabel.ema}")
+    if cfg.selflabel.epochs < 0 or cfg.pretext.warmup_epochs < 0:
+        raise ScanError("selflabel.epochs and pretext.warmup_epochs must be >= 0")
+    if cfg.mine.val_k > cfg.mine.k and cfg.cluster.select_on == "train":
+        raise ScanError(f"mine.val_k ({cfg.mine.val_k}) must not exceed mine.k ({cfg.mine.k})")
+
+
+def build_config(
+    preset: str = "digits",
+    *,
+    overrides: typing.Sequence[str] = (),
+    data: str | None = None,
+    clusters: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+) -> RunConfig:
+    """Preset values, then command-line options, then `key=value` overrides; validated."""
+    cfg = RunConfig(preset=preset)
+    _apply(cfg, load_preset(preset))
+    if data is not None:
+        path = Path(data)
+        _apply(cfg, {"data": {"source": "npz" if path.suffix == ".npz" else "folder", "path": str(path)}})
+    for key, value in (("clusters", clusters), ("seed", seed), ("device", device)):
+        if value is not None:
+            _apply(cfg, {key: value})
+    for text in overrides:
+        _apply(cfg, parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from a resolved config dict (config.yaml or a checkpoint)."""
+    cfg = RunConfig()
+    _apply(cfg, values)
+    return cfg

@@ -1,0 +1,5 @@
+"""User-facing errors: the CLI prints these as one line, without a traceback."""
+
+
+class ScanError(Exception):
+    """A problem with the user's input or run directory, explained in one line."""

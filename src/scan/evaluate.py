@@ -1,0 +1,72 @@
+"""Evaluate a run on its test split: cluster metrics for each finished clustering step, the
+neighbour accuracy of mining, and stage timings, written to RUN/metrics.json."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from scan.checkpoint import RunDir, save_json
+from scan.config import RunConfig
+from scan.console import echo
+from scan.data.sources import ImageSplits, load_source
+from scan.data.views import make_view
+from scan.knn import neighbor_accuracy
+from scan.metrics import cluster_metrics
+from scan.stages.artifacts import load_clustering_model, load_neighbors
+from scan.train import infer
+
+STEPS = ("cluster", "selflabel")
+TABLE_KEYS = ("acc", "nmi", "ari", "ami", "top5", "acc_majority")
+
+
+def predict_probs(run: RunDir, step: str, cfg: RunConfig, images: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Cluster probabilities N×K of `step`'s exported model (its selected head) on uint8 images."""
+    model, head = load_clustering_model(run, step)
+    model.to(device).eval()
+    logits = infer(model, images, make_view("weak", cfg.data), cfg.mine.batch_size, device)[head]
+    return logits.softmax(-1).cpu().numpy()
+
+
+def num_classes(data: ImageSplits) -> int:
+    if data.classes is not None:
+        return len(data.classes)
+    return int(max(data.train_labels.max(), data.test_labels.max())) + 1
+
+
+def evaluate_run(run: RunDir, cfg: RunConfig, device: torch.device, data: ImageSplits | None = None) -> dict:
+    """Compute and write RUN/metrics.json; print the metrics table. Labels are read here only."""
+    data = data if data is not None else load_source(cfg.data)
+    labelled = data.test_labels is not None
+    metrics: dict = {}
+    if run.done("mine").is_file() and data.train_labels is not None:
+        metrics["mine"] = {"neighbor_accuracy": neighbor_accuracy(load_neighbors(run)[0], data.train_labels)}
+    for step in STEPS:
+        if not run.done(step).is_file():
+            continue
+        probs = predict_probs(run, step, cfg, data.test, device)
+        metrics[step] = cluster_metrics(probs, data.test_labels.numpy(), num_classes(data)) if labelled else {}
+        if step == "cluster":
+            metrics[step]["head"] = load_clustering_model(run, step)[1]
+    metrics["seconds"] = run.stage_seconds()
+    save_json(metrics, run.metrics)
+    echo(format_table(metrics))
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    """The metrics of each step as a fixed-width table (test split)."""
+    keys = [k for k in TABLE_KEYS if any(k in metrics.get(s, {}) for s in STEPS)]
+    lines = ["test metrics" + ("" if keys else ": no labels, nothing to score")]
+    if keys:
+        lines.append(f"{'step':<10}" + "".join(f"{k:>14}" for k in keys))
+        for step in STEPS:
+            if step in metrics:
+                lines.append(f"{step:<10}" + "".join(
+                    f"{metrics[step][k]:>14.4f}" if k in metrics[step] else f"{'-':>14}" for k in keys))
+    if "mine" in metrics:
+        lines.append(f"neighbour accuracy (train, top-k): {metrics['mine']['neighbor_accuracy']:.4f}")
+    seconds = metrics.get("seconds", {})
+    if seconds:
+        lines.append("seconds: " + ", ".join(f"{s} {t:.1f}" for s, t in seconds.items()))
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""Stage 3, cluster: train cluster heads with the SCAN loss (neighbours should share a cluster,
+clusters should be balanced) and keep the (model, head) with the lowest label-free validation loss."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from scan.checkpoint import RunDir
+from scan.config import RunConfig, fingerprint
+from scan.console import echo, progress
+from scan.data.sources import ImageSplits
+from scan.data.views import make_view
+from scan.losses import scan_loss, validation_scan_loss
+from scan.models.heads import ClusteringModel
+from scan.stages.artifacts import load_neighbors, load_pretext_model, require, save_clustering_model
+from scan.train import Resumable, build_optimizer, check_finite, infer, shuffled_batches
+
+
+def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.device) -> dict:
+    """Train `cluster.num_heads` heads; write the best model to cluster/model.safetensors."""
+    require(run, "mine", "cluster")
+    cc = cfg.cluster
+    images = data.train.to(device)
+    select_images = data.images(cc.select_on).to(device)
+    neighbors, val_neighbors = (t.to(device) for t in load_neighbors(run))
+    weak = make_view("weak", cfg.data)
+    view = make_view(cc.augment, cfg.data)
+
+    model = ClusteringModel(load_pretext_model(run, cfg).backbone, cfg.clusters, cc.num_heads).to(device)
+    if cc.update_head_only:
+        # A frozen backbone gives every image one fixed feature vector: compute it once and train
+        # the linear heads on the cache (orders of magnitude faster than a backbone pass per step).
+        model.backbone.eval().requires_grad_(False)
+        features = infer(model.backbone, images, weak, cfg.mine.batch_size, device)
+        select_features = infer(model.backbone, select_images, weak, cfg.mine.batch_size, device)
+    params = model.cluster_heads.parameters() if cc.update_head_only else model.parameters()
+    optimizer = build_optimizer(cc.optimizer, params, cc.lr, cc.weight_decay, cc.momentum)
+    state = Resumable(run, "cluster", fingerprint(cfg, "cluster"), cfg.to_dict(), {"model": model, "optimizer": optimizer},
+                      extra={"best_loss": float("inf"), "best_head": 0, "best_epoch": 0})
+    if state.restore():
+        echo(f"cluster: resuming after epoch {state.epoch}/{cc.epochs}")
+
+    steps = max(1, len(images) // cc.batch_size)
+    for epoch in range(state.epoch, cc.epochs):
+        start = time.perf_counter()
+        if not cc.update_head_only:
+            model.train()
+        sums = torch.zeros(3)
+        for idx in progress(shuffled_batches(len(images), cc.batch_size, device), steps, f"cluster {epoch + 1}"):
+            pick = torch.randint(neighbors.shape[1], (len(idx),), device=device)
+            nbr = neighbors[idx, pick]
+            if cc.update_head_only:
+                logits = model.cluster_heads(torch.cat([features[idx], features[nbr]]))
+            else:
+                logits = model(torch.cat([view(images[idx]), view(images[nbr])]))
+            parts = [scan_loss(h[: len(idx)], h[len(idx):], cc.entropy_weight) for h in logits]
+            loss = sum(p.total for p in parts)
+            check_finite(loss, "cluster", epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += torch.tensor([[p.total.item(), p.consistency.item(), p.entropy.item()] for p in parts]).mean(0)
+
+        model.eval()
+        if cc.update_head_only:
+            probs = model.cluster_heads(select_features).softmax(-1)
+        else:
+            probs = infer(model, select_images, weak, cfg.mine.batch_size, device).softmax(-1)
+        val = [validation_scan_loss(p, val_neighbors, cc.select_entropy_weight) for p in probs]
+        val_totals = [v.total.item() for v in val]
+        head = min(range(len(val)), key=val_totals.__getitem__)
+        improved = val_totals[head] < state.extra["best_loss"]
+        if improved:
+            state.extra.update(best_loss=val_totals[head], best_head=head, best_epoch=epoch + 1)
+            save_clustering_model(run, "cluster", model, cfg, head)
+        mean = (sums / steps).tolist()
+        record = {
+            "epoch": epoch + 1, "loss": mean[0], "consistency": mean[1], "entropy": mean[2],
+            "val_loss": val_totals, "val_consistency": [v.consistency.item() for v in val],
+            "val_entropy": [v.entropy.item() for v in val], "head": head, "seconds": time.perf_counter() - start,
+        }
+        state.history.append(record)
+        state.epoch = epoch + 1
+        state.save()
+        echo(f"cluster epoch {epoch + 1}/{cc.epochs}  loss {mean[0]:.4f} (consistency {mean[1]:.4f}, entropy {mean[2]:.4f})"
+             f"  val loss {val_totals[head]:.4f} head {head}{' *best*' if improved else ''}  {record['seconds']:.1f}s")
+    return dict(state.extra)

@@ -1,0 +1,136 @@
+"""What the training stages share: device, seeding, optimisers, precomputed schedules, batching,
+the non-finite-loss guard, and per-epoch checkpoint/resume."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from scan.checkpoint import RunDir, load_torch, rewrite_jsonl, save_torch
+from scan.errors import ScanError
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu. Asking for cuda without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ScanError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG the stages draw from (all randomness goes through torch's global RNG)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """SGD (momentum, no Nesterov) or Adam, as the original configs use them."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def cosine_schedule(base_lr: float, epochs: int, decay_rate: float = 0.1, warmup_epochs: int = 0) -> list[float]:
+    """Per-epoch learning rates: the original's cosine from lr to eta_min = lr·decay_rate³
+    (utils/common_config.py::adjust_learning_rate), after an optional linear warm-up."""
+    eta_min = base_lr * decay_rate**3
+    lrs = []
+    for e in range(epochs):
+        if e < warmup_epochs:
+            lrs.append(base_lr * (e + 1) / warmup_epochs)
+        else:
+            t = (e - warmup_epochs) / max(1, epochs - warmup_epochs)
+            lrs.append(eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * t)) / 2)
+    return lrs
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def shuffled_batches(n: int, batch_size: int, device: torch.device, drop_last: bool = True) -> Iterator[torch.Tensor]:
+    """Index batches of a random permutation of range(n). Drops the last partial batch (as the
+    original loaders do) unless that would leave no batch at all."""
+    order = torch.randperm(n).to(device)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+def ordered_batches(n: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Index batches 0..n-1 in order, for inference."""
+    for start in range(0, n, batch_size):
+        yield torch.arange(start, min(n, start + batch_size), device=device)
+
+
+def check_finite(loss: torch.Tensor, stage: str, epoch: int) -> None:
+    """Stop the stage on a NaN/inf loss; the last good checkpoint stays on disk."""
+    if not torch.isfinite(loss):
+        raise ScanError(
+            f"{stage}: non-finite loss ({loss.item()}) in epoch {epoch + 1}; stopped, last good "
+            "checkpoint kept (try a lower learning rate)"
+        )
+
+
+@dataclass
+class Resumable:
+    """A stage's training state that survives interruption: restored from and saved to
+    RUN/<stage>/checkpoint.pt once per epoch, with the RNG state so a resumed run continues
+    exactly as an uninterrupted one."""
+
+    run: RunDir
+    stage: str
+    fingerprint: str
+    config: dict[str, Any]
+    modules: dict[str, nn.Module | torch.optim.Optimizer]
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def restore(self) -> bool:
+        """Load the checkpoint if one exists for this config; True when resumed."""
+        path = self.run.checkpoint(self.stage)
+        if not path.is_file():
+            return False
+        state = load_torch(path)
+        if state.get("fingerprint") != self.fingerprint:
+            return False
+        for name, module in self.modules.items():
+            module.load_state_dict(state[name])
+        self.epoch, self.history, self.extra = state["epoch"], state["history"], state["extra"]
+        torch.set_rng_state(state["rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return True
+
+    def save(self) -> None:
+        """Checkpoint after a finished epoch (atomically) and rewrite history.jsonl to match."""
+        state = {name: module.state_dict() for name, module in self.modules.items()}
+        state.update(
+            epoch=self.epoch, history=self.history, extra=self.extra, fingerprint=self.fingerprint,
+            config=self.config, rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        )
+        save_torch(state, self.run.checkpoint(self.stage))
+        rewrite_jsonl(self.history, self.run.history(self.stage))
+
+
+@torch.no_grad()
+def infer(fn, images: torch.Tensor, view, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Apply `fn` to view(images) batch by batch, on `device`, without gradients.
+
+    images: uint8 N×C×H×W (any device); fn: float B×C×H×W -> B×... . Returns the outputs
+    concatenated along the batch (first) dimension, on `device`.
+    """
+    outputs = [fn(view(images[idx.to(images.device)].to(device))) for idx in ordered_batches(len(images), batch_size, device)]
+    return torch.cat(outputs, dim=-2 if outputs[0].ndim == 3 else 0)
