@@ -61,14 +61,16 @@ def _run(ns: argparse.Namespace) -> None:
 
 def _stage(ns: argparse.Namespace) -> None:
     from scan.console import echo
-    from scan.pipeline import load_data, open_run, run_stage
+    from scan.pipeline import commit_config, load_data, open_run, run_stage
     from scan.train import resolve_device
 
     cfg = _config(ns)
     run = open_run(cfg, ns.out, ns.force)
     device = resolve_device(cfg.device)
     echo(f"run: {run.root}, stage {ns.command} (device {device})")
-    run_stage(ns.command, cfg, run, load_data(cfg), device, rerun=ns.force)
+    data = load_data(cfg)
+    commit_config(run, cfg)
+    run_stage(ns.command, cfg, run, data, device, rerun=ns.force)
 
 
 def _evaluate(ns: argparse.Namespace) -> None:
@@ -103,7 +105,14 @@ COMMANDS = {"run": _run, "evaluate": _evaluate, "presets": _presets, **{s: _stag
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `scan` console script; returns the process exit code."""
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if argv and argv[0] in commands:
+        # Intermixed parsing lets `key=value` overrides stand before, between or after options.
+        ns = commands[argv[0]].parse_intermixed_args(argv[1:], argparse.Namespace(command=argv[0]))
+    else:
+        ns = parser.parse_args(argv)
     try:
         COMMANDS[ns.command](ns)
     except ScanError as err:

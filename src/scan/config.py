@@ -199,6 +199,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         return [_coerce(key, v, args[0]) for v in value]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number everyone means.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if annotation is bool and not isinstance(value, bool):
         raise ScanError(f"{key} must be true or false, got {value!r}")
     if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -307,13 +313,17 @@ def build_config(
     cfg = RunConfig(preset=preset)
     _apply(cfg, load_preset(preset))
     if data is not None:
-        path = Path(data)
-        _apply(cfg, {"data": {"source": "npz" if path.suffix == ".npz" else "folder", "path": str(path)}})
+        if Path(data).suffix != ".npz":
+            raise ScanError(f"--data {data}: expected an .npz file with x_train, y_train, x_test, y_test")
+        _apply(cfg, {"data": {"source": "npz", "path": str(data)}})
     for key, value in (("clusters", clusters), ("seed", seed), ("device", device)):
         if value is not None:
             _apply(cfg, {key: value})
     for text in overrides:
-        _apply(cfg, parse_override(text))
+        values = parse_override(text)
+        if "preset" in values:
+            raise ScanError("the preset is chosen by name (scan run PRESET), not by an override")
+        _apply(cfg, values)
     validate(cfg)
     return cfg
 

@@ -35,7 +35,8 @@ RUNTIME_KEYS = ("device",)
 
 
 def open_run(cfg: RunConfig, out: str | Path | None, force: bool) -> RunDir:
-    """Create or reopen the run directory; refuse one that holds another config unless forced."""
+    """Create or reopen the run directory; refuse one that holds another config unless forced.
+    The config is written by `commit_config`, once the data has been checked against it."""
     run = RunDir(out if out is not None else Path("runs") / cfg.preset)
     try:
         run.root.mkdir(parents=True, exist_ok=True)
@@ -52,9 +53,13 @@ def open_run(cfg: RunConfig, out: str | Path | None, force: bool) -> RunDir:
                 f"{run.root} holds a run with another config ({'; '.join(changes[:3])}"
                 f"{'; ...' if len(changes) > 3 else ''}); pass --force to rerun the changed stages or choose another --out"
             )
-    save_text(yaml.safe_dump(new, sort_keys=False), run.config)
     set_log_file(run.log)
     return run
+
+
+def commit_config(run: RunDir, cfg: RunConfig) -> None:
+    """Record the resolved config as the run's own (RUN/config.yaml)."""
+    save_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), run.config)
 
 
 def read_config(run: RunDir) -> RunConfig:
@@ -108,6 +113,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path | None = None, force: bool = Fa
     device = resolve_device(cfg.device)
     echo(f"run: {run.root} (preset {cfg.preset}, seed {cfg.seed}, device {device})")
     data = load_data(cfg)
+    commit_config(run, cfg)
     for name in STAGES:
         run_stage(name, cfg, run, data, device)
     return evaluate_run(run, cfg, device, data)

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny .npz datasets written into tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def tiny_arrays(n_train: int = 30, n_test: int = 10, size: int = 8, classes: int = 3, seed: int = 0) -> dict:
+    """Random uint8 grey images N×size×size with integer labels 0..classes-1 (every class present)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "x_train": rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
+        "y_train": np.arange(n_train, dtype=np.int64) % classes,
+        "x_test": rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
+        "y_test": np.arange(n_test, dtype=np.int64) % classes,
+    }
+
+
+@pytest.fixture
+def make_npz(tmp_path: Path):
+    """Factory: make_npz(name, drop=(...), **replace) writes tmp_path/name with the tiny arrays,
+    minus the names in `drop`, with arrays in `replace` substituted or added; returns the path."""
+
+    def _make(name: str = "tiny.npz", drop: tuple[str, ...] = (), **replace: np.ndarray) -> Path:
+        arrays = tiny_arrays()
+        arrays.update(replace)
+        for key in drop:
+            arrays.pop(key)
+        path = tmp_path / name
+        np.savez(path, **arrays)
+        return path
+
+    return _make
+
+
+@pytest.fixture
+def tiny_npz(make_npz) -> Path:
+    """30 train / 10 test random 8×8 grey images, 3 classes."""
+    return make_npz()
