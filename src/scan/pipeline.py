@@ -104,7 +104,8 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, data: ImageSplits, device:
     summary = STAGE_FUNCTIONS[name](cfg, run, data, device)
     seconds = time.perf_counter() - start
     save_json({"fingerprint": stamp, "seconds": seconds, "summary": summary}, run.done(name))
-    echo(f"{name}: done in {seconds:.1f}s")
+    details = "".join(f", {k} {v:.4g}" if isinstance(v, float) else f", {k} {v}" for k, v in summary.items())
+    echo(f"{name}: done in {seconds:.1f}s{details}")
 
 
 def run_pipeline(cfg: RunConfig, out: str | Path | None = None, force: bool = False) -> dict:

@@ -1,0 +1,124 @@
+"""End-to-end runs on the embedded digits data: accuracy, the run-dir contract, resume and
+determinism, stage-by-stage use, and the non-finite-loss guard."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import scan.stages.pretext
+from scan.checkpoint import RunDir, load_torch
+from scan.cli import main
+from scan.config import build_config
+from scan.errors import ScanError
+from scan.pipeline import run_pipeline
+from scan.train import Resumable
+
+# A few epochs of each stage: seconds per run, enough to exercise every code path.
+SHORT = ["pretext.epochs=4", "cluster.epochs=3", "selflabel.epochs=2", "cluster.num_heads=2", "device=cpu"]
+
+
+def without_timings(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "seconds"}
+
+
+def test_default_digits_run_reaches_accuracy_and_writes_the_run_dir(tmp_path):
+    """The default preset, seed 0, as `scan run` runs it (about a minute on 2 cores)."""
+    cfg = build_config("digits", device="cpu", seed=0)
+    metrics = run_pipeline(cfg, out=tmp_path)
+    assert metrics["selflabel"]["acc"] >= 0.85
+    assert metrics["cluster"]["acc"] >= 0.80
+    assert 0 <= metrics["cluster"]["head"] < cfg.cluster.num_heads
+    assert metrics["mine"]["neighbor_accuracy"] > 0.85
+    assert set(metrics["seconds"]) == {"pretext", "mine", "cluster", "selflabel"}
+
+    run = RunDir(tmp_path)
+    assert json.loads(run.metrics.read_text()) == metrics
+    features = np.load(tmp_path / "mine" / "features.npy")
+    neighbors = np.load(tmp_path / "mine" / "neighbors.npy")
+    assert features.dtype == np.float16 and features.shape[0] == 1437
+    assert neighbors.dtype == np.int64 and neighbors.shape == (1437, cfg.mine.k)
+    assert not (neighbors == np.arange(1437)[:, None]).any()
+    assert np.load(tmp_path / "mine" / "val_neighbors.npy").shape == (1437, cfg.mine.val_k)
+    for stage, epochs in (("pretext", cfg.pretext.epochs), ("cluster", cfg.cluster.epochs), ("selflabel", cfg.selflabel.epochs)):
+        assert len((tmp_path / stage / "history.jsonl").read_text().splitlines()) == epochs
+        assert (tmp_path / stage / "checkpoint.pt").is_file()
+    for path in ("pretext/backbone.safetensors", "cluster/model.safetensors", "selflabel/model.safetensors", "config.yaml", "log.txt"):
+        assert (tmp_path / path).is_file(), path
+    assert "test metrics" in (tmp_path / "log.txt").read_text()
+
+
+def interrupt_after_saves(monkeypatch, count: int) -> None:
+    """Make the `count`-th epoch checkpoint the last thing that happens before a Ctrl-C."""
+    original = Resumable.save
+    calls = {"n": 0}
+
+    def save(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == count:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Resumable, "save", save)
+
+
+@pytest.mark.parametrize("interrupt_at", [2, 6])  # inside pretext (epoch 2/4), inside cluster (epoch 2/3)
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, interrupt_at):
+    cfg = build_config("digits", overrides=SHORT)
+    reference = run_pipeline(cfg, out=tmp_path / "a")
+    again = run_pipeline(build_config("digits", overrides=SHORT), out=tmp_path / "b")
+    assert without_timings(again) == without_timings(reference)  # same seed, same metrics
+
+    with monkeypatch.context() as m:
+        interrupt_after_saves(m, interrupt_at)
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(cfg, out=tmp_path / "c")
+    resumed = run_pipeline(cfg, out=tmp_path / "c")
+    assert without_timings(resumed) == without_timings(reference)
+    assert "resuming after epoch" in (tmp_path / "c" / "log.txt").read_text()
+
+
+def test_stages_one_at_a_time_and_changed_config(tmp_path, capsys):
+    out = str(tmp_path)
+    assert main(["cluster", "--out", out, *SHORT]) == 1
+    assert "needs the finished mine stage" in capsys.readouterr().err
+    for stage in ("pretext", "mine", "cluster", "selflabel"):
+        assert main([stage, "--out", out, *SHORT]) == 0
+    assert main(["evaluate", out]) == 0
+    assert "selflabel" in json.loads((tmp_path / "metrics.json").read_text())
+
+    capsys.readouterr()
+    assert main(["run", "--out", out, *SHORT, "cluster.entropy_weight=4"]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main(["run", "--out", out, *SHORT, "cluster.entropy_weight=4", "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert "pretext: finished earlier with this config, skipped" in printed
+    assert "mine: finished earlier with this config, skipped" in printed
+    assert "cluster epoch 1/3" in printed and "selflabel epoch 1/2" in printed
+
+
+def test_non_finite_loss_stops_the_stage_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    real = scan.stages.pretext.nt_xent
+    steps = {"n": 0}
+    steps_per_epoch = 1437 // 256
+
+    def nan_in_second_epoch(*args):
+        steps["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if steps["n"] > steps_per_epoch else loss
+
+    monkeypatch.setattr(scan.stages.pretext, "nt_xent", nan_in_second_epoch)
+    with pytest.raises(ScanError, match="pretext: non-finite loss .* epoch 2"):
+        run_pipeline(build_config("digits", overrides=SHORT), out=tmp_path)
+    assert load_torch(tmp_path / "pretext" / "checkpoint.pt")["epoch"] == 1
+    assert not (tmp_path / "pretext" / "done.json").exists()
+
+
+def test_python_api_runs_the_pipeline(tmp_path):
+    import scan
+
+    metrics = scan.run("digits", seed=3, out=tmp_path, overrides=SHORT)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert (tmp_path / "config.yaml").read_text().count("seed: 3") == 1
