@@ -313,9 +313,11 @@ def build_config(
     cfg = RunConfig(preset=preset)
     _apply(cfg, load_preset(preset))
     if data is not None:
-        if Path(data).suffix != ".npz":
-            raise ScanError(f"--data {data}: expected an .npz file with x_train, y_train, x_test, y_test")
-        _apply(cfg, {"data": {"source": "npz", "path": str(data)}})
+        # An .npz, the preset's dataset root or image folder, or any image folder: the registry
+        # knows which sources read a directory.
+        from scan.data.sources import data_path_settings
+
+        _apply(cfg, {"data": data_path_settings(cfg.data.source, str(data))})
     for key, value in (("clusters", clusters), ("seed", seed), ("device", device)):
         if value is not None:
             _apply(cfg, {key: value})

@@ -1,5 +1,17 @@
-"""Data sources: a registry of loaders that each yield uint8 N×C×H×W train/test images at the
-preset's base resolution, with optional integer labels (used by evaluation only)."""
+"""Data sources: one registry (`SOURCES`) of loaders that each yield uint8 N×C×H×W train/test
+images at the preset's base resolution, with stable ids and optional integer labels (used by
+evaluation only).
+
+    digits                 scikit-learn's 8×8 digits (shipped, no download)
+    npz                    an .npz with x_train, y_train, x_test, y_test [, classes]
+    folder                 any folder of images (scan.data.folder)
+    mnist, cifar10, cifar100, cifar20, stl10
+                           torchvision datasets, downloaded into a dataset root (scan.data.torchvision_sources)
+    imagenet, imagenet_50, imagenet_100, imagenet_200
+                           an ImageNet folder (scan.data.imagenet)
+
+`ImageSplits` and `conform` live in scan.data.splits and are re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -9,68 +21,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from scan.config import DataConfig
+from scan.data import folder, imagenet, torchvision_sources
+from scan.data.splits import ImageSplits, conform
 from scan.errors import ScanError
 
-
-@dataclass
-class ImageSplits:
-    """Train and test images of one dataset.
-
-    train, test: uint8 tensors N×C×H×W. Labels: int64 tensors N, or None when unknown.
-    An image's id is its position in the source's own order.
-    """
-
-    train: torch.Tensor
-    test: torch.Tensor
-    train_labels: torch.Tensor | None = None
-    test_labels: torch.Tensor | None = None
-    classes: list[str] | None = None
-
-    def images(self, split: str) -> torch.Tensor:
-        return {"train": self.train, "test": self.test}[split]
-
-    def labels(self, split: str) -> torch.Tensor | None:
-        return {"train": self.train_labels, "test": self.test_labels}[split]
-
-
-def conform(images: np.ndarray | torch.Tensor, size: int, channels: int) -> torch.Tensor:
-    """Bring images to the base resolution and channel count of a preset.
-
-    images: uint8 N×H×W, N×H×W×C (C = 1, 3 or 4) or N×C×H×W tensor already channel-first.
-    Returns uint8 N×channels×size×size. Grey becomes RGB by repetition, RGB becomes grey with
-    ITU-R 601 weights, alpha is dropped; other sizes are resized with antialiased bilinear.
-    """
-    x = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
-    if x.dtype != torch.uint8:
-        raise ScanError(f"images must be uint8 (0-255), got {x.dtype}")
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-        x = x.permute(0, 3, 1, 2)
-    elif x.ndim != 4:
-        raise ScanError(f"images must be N×H×W or N×H×W×C, got shape {tuple(x.shape)}")
-    x = x[:, :3]
-    if x.shape[1] == 3 and channels == 1:
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        x = (x.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    elif x.shape[1] == 1 and channels == 3:
-        x = x.expand(-1, 3, -1, -1)
-    if x.shape[-2:] != (size, size):
-        x = _resize(x, size)
-    return x.contiguous()
-
-
-def _resize(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
-    """Resize uint8 N×C×H×W to size×size in chunks, so memory stays bounded for large N."""
-    parts = []
-    for start in range(0, x.shape[0], chunk):
-        part = x[start:start + chunk].float()
-        part = F.interpolate(part, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        parts.append(part.round().clamp(0, 255).to(torch.uint8))
-    return torch.cat(parts)
+__all__ = ["SOURCES", "ImageSplits", "Source", "conform", "data_path_settings", "load_source"]
 
 
 def load_digits_source(cfg: DataConfig) -> ImageSplits:
@@ -133,9 +90,28 @@ def load_npz_source(cfg: DataConfig) -> ImageSplits:
     )
 
 
-SOURCES: dict[str, Callable[[DataConfig], ImageSplits]] = {
-    "digits": load_digits_source,
-    "npz": load_npz_source,
+@dataclass(frozen=True)
+class Source:
+    """A registered data source.
+
+    load: reads the images for a DataConfig.
+    reads_dir: `data.path` names a directory the source reads (a dataset root it may download
+        into, or an image folder), so `--data DIR` sets that path and keeps the source.
+    """
+
+    load: Callable[[DataConfig], ImageSplits]
+    reads_dir: bool = False
+
+    def __call__(self, cfg: DataConfig) -> ImageSplits:
+        return self.load(cfg)
+
+
+SOURCES: dict[str, Source] = {
+    "digits": Source(load_digits_source),
+    "npz": Source(load_npz_source),
+    "folder": Source(folder.load_folder_source, reads_dir=True),
+    **{name: Source(load, reads_dir=True) for name, load in torchvision_sources.LOADERS.items()},
+    **{name: Source(load, reads_dir=True) for name, load in imagenet.LOADERS.items()},
 }
 
 
@@ -144,3 +120,24 @@ def load_source(cfg: DataConfig) -> ImageSplits:
     if cfg.source not in SOURCES:
         raise ScanError(f"unknown data source {cfg.source!r}; valid sources: {', '.join(SOURCES)}")
     return SOURCES[cfg.source](cfg)
+
+
+def data_path_settings(source: str, path: str) -> dict[str, str]:
+    """The data settings that `--data PATH` stands for, given the preset's source:
+
+    - a file ending in .npz: the npz source reading it;
+    - for a source that reads a directory (a benchmark's dataset root, an image folder): that
+      directory, even if it does not exist yet (torchvision sources download into it);
+    - any other existing directory: the folder source reading it.
+    Anything else is a one-line ScanError.
+    """
+    if Path(path).suffix == ".npz":
+        return {"source": "npz", "path": path}
+    spec = SOURCES.get(source)
+    if spec is not None and spec.reads_dir:
+        return {"path": path}
+    if Path(path).expanduser().is_dir():
+        return {"source": "folder", "path": path}
+    problem = "not a folder or an .npz file" if Path(path).expanduser().exists() else "no such folder or file"
+    raise ScanError(f"--data {path}: {problem}; expected an image folder, a dataset root or an .npz file "
+                    f"with x_train, y_train, x_test, y_test")
