@@ -309,9 +309,14 @@ def test_imagenet_centre_crop_keeps_0875_of_the_short_side(tmp_path):
         (root / split / "n00000002").mkdir(parents=True)
         Image.fromarray(pixels).save(root / split / "n00000001" / "a.JPEG", format="PNG")
         Image.fromarray(pixels).save(root / split / "n00000002" / "b.JPEG", format="PNG")
-    data = load_source(cfg_for("imagenet", root, size=14))  # Resize(16) + CenterCrop(14)
+    data = load_source(cfg_for("imagenet", root, size=14))
     assert data.classes == ["n00000001", "n00000002"] and data.test_labels.tolist() == [0, 1]
-    assert (data.train[:, 1] == 255).all() and (data.train[:, 0] == 0).all()
+    inner = data.train[:, :, 1:-1, 1:-1]  # the red border is cropped (only the filter edge reaches it)
+    assert (inner[:, 1] == 255).all() and (inner[:, 0] == 0).all()
+    # the same pixels as torchvision's Resize(round(14 / 0.875) = 16) + CenterCrop(14) on the image
+    reference = Image.fromarray(pixels).resize((16, 16), Image.Resampling.BILINEAR).crop((1, 1, 15, 15))
+    expected = torch.from_numpy(np.array(reference)).permute(2, 0, 1)
+    assert (data.train[0].int() - expected.int()).abs().max() <= 1
 
 
 def test_imagenet_errors(tmp_path, monkeypatch):

@@ -122,3 +122,16 @@ def test_python_api_runs_the_pipeline(tmp_path):
     metrics = scan.run("digits", seed=3, out=tmp_path, overrides=SHORT)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert (tmp_path / "config.yaml").read_text().count("seed: 3") == 1
+
+
+@pytest.mark.parametrize("features", ["backbone", "projection"])
+def test_head_only_clustering_keeps_the_backbone_frozen(tmp_path, features):
+    from scan.checkpoint import load_weights
+
+    cfg = build_config("digits", overrides=[*SHORT, "cluster.update_head_only=true", f"mine.features={features}"])
+    metrics = run_pipeline(cfg, out=tmp_path)
+    pretext = load_weights(tmp_path / "pretext" / "backbone.safetensors")
+    clustered = load_weights(tmp_path / "cluster" / "model.safetensors")
+    for key, value in pretext.items():
+        assert (clustered[f"backbone.{key}"] == value).all(), key
+    assert metrics["cluster"]["acc"] > 0.3

@@ -82,7 +82,7 @@ def open_splits(download: Download, cfg: DataConfig, splits: list[dict[str, Any]
         reason = " ".join(str(err).split())
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
         folder = root / download.where if download.where else root
-        raise ScanError(f"{download.folder}: the dataset files are not in {folder} and downloading them failed "
+        raise ScanError(f"{cfg.source}: the dataset files in {folder} are missing or corrupt and downloading them failed "
                         f"({type(err).__name__}: {reason}); put {download.files} into {folder}, "
                         f"or pass --data DIR with a folder that has them") from None
     # The first call verified every file's md5 (STL-10: 3 GB, seconds); skip hashing them again.

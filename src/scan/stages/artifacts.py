@@ -36,6 +36,11 @@ def load_neighbors(run: RunDir) -> tuple[torch.Tensor, torch.Tensor]:
             torch.from_numpy(np.load(folder / "val_neighbors.npy")))
 
 
+def load_features(run: RunDir) -> torch.Tensor:
+    """The train features mining used, N×D float32 (stored as float16)."""
+    return torch.from_numpy(np.load(run.stage("mine") / "features.npy")).float()
+
+
 def save_clustering_model(run: RunDir, stage: str, model: ClusteringModel, cfg: RunConfig, head: int) -> None:
     """model.safetensors (every head) plus model.json: what is needed to rebuild and apply it."""
     folder = run.stage(stage)

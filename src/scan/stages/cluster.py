@@ -14,7 +14,7 @@ from scan.data.sources import ImageSplits
 from scan.data.views import make_view
 from scan.losses import scan_loss, validation_scan_loss
 from scan.models.heads import ClusteringModel
-from scan.stages.artifacts import load_neighbors, load_pretext_model, require, save_clustering_model
+from scan.stages.artifacts import load_features, load_neighbors, load_pretext_model, require, save_clustering_model
 from scan.train import Resumable, build_optimizer, check_finite, infer, shuffled_batches
 
 
@@ -33,8 +33,12 @@ def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
         # A frozen backbone gives every image one fixed feature vector: compute it once and train
         # the linear heads on the cache (orders of magnitude faster than a backbone pass per step).
         model.backbone.eval().requires_grad_(False)
-        features = infer(model.backbone, images, weak, cfg.mine.batch_size, device)
-        select_features = infer(model.backbone, select_images, weak, cfg.mine.batch_size, device)
+        if cfg.mine.features == "backbone":  # mining already embedded the train split
+            features = load_features(run).to(device)
+        else:
+            features = infer(model.backbone, images, weak, cfg.mine.batch_size, device)
+        select_features = features if cc.select_on == "train" else infer(
+            model.backbone, select_images, weak, cfg.mine.batch_size, device)
     params = model.cluster_heads.parameters() if cc.update_head_only else model.parameters()
     optimizer = build_optimizer(cc.optimizer, params, cc.lr, cc.weight_decay, cc.momentum)
     state = Resumable(run, "cluster", fingerprint(cfg, "cluster"), cfg.to_dict(), {"model": model, "optimizer": optimizer},
