@@ -1,19 +1,31 @@
 """scan: learning to classify images without labels (SCAN, ECCV 2020)."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
 from scan.errors import ScanError
 
 __version__ = "0.1.0"
 
 
-def run(preset: str = "digits", **kwargs):
-    """Run the whole pipeline in Python; see :func:`scan.pipeline.run_pipeline` for arguments."""
+def run(
+    preset: str = "digits",
+    *,
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    data: str | None = None,
+    clusters: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    force: bool = False,
+) -> dict:
+    """Run every stage and evaluate, as `scan run` does; returns the metrics dict of metrics.json."""
     from scan.config import build_config
     from scan.pipeline import run_pipeline
 
-    overrides = kwargs.pop("overrides", [])
-    out = kwargs.pop("out", None)
-    force = kwargs.pop("force", False)
-    cfg = build_config(preset, overrides=overrides, **kwargs)
+    cfg = build_config(preset, overrides=overrides, data=data, clusters=clusters, seed=seed, device=device)
     return run_pipeline(cfg, out=out, force=force)
 
 

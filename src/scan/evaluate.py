@@ -24,7 +24,7 @@ def predict_probs(run: RunDir, step: str, cfg: RunConfig, images: torch.Tensor, 
     """Cluster probabilities N×K of `step`'s exported model (its selected head) on uint8 images."""
     model, head = load_clustering_model(run, step)
     model.to(device).eval()
-    logits = infer(model, images, make_view("weak", cfg.data), cfg.mine.batch_size, device)[head]
+    logits = infer(model, images, make_view("weak", cfg.data), cfg.mine.batch_size, device, batch_dim=1)[head]
     return logits.softmax(-1).cpu().numpy()
 
 

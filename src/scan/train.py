@@ -126,11 +126,12 @@ class Resumable:
 
 
 @torch.no_grad()
-def infer(fn, images: torch.Tensor, view, batch_size: int, device: torch.device) -> torch.Tensor:
+def infer(fn, images: torch.Tensor, view, batch_size: int, device: torch.device, batch_dim: int = 0) -> torch.Tensor:
     """Apply `fn` to view(images) batch by batch, on `device`, without gradients.
 
-    images: uint8 N×C×H×W (any device); fn: float B×C×H×W -> B×... . Returns the outputs
-    concatenated along the batch (first) dimension, on `device`.
+    images: uint8 N×C×H×W (any device); fn: float B×C×H×W -> outputs whose batch axis is
+    `batch_dim` (0 for B×D features, 1 for a ClusteringModel's heads×B×K logits). Returns the
+    outputs concatenated along that axis, on `device`.
     """
     outputs = [fn(view(images[idx.to(images.device)].to(device))) for idx in ordered_batches(len(images), batch_size, device)]
-    return torch.cat(outputs, dim=-2 if outputs[0].ndim == 3 else 0)
+    return torch.cat(outputs, dim=batch_dim)

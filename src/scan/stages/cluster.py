@@ -71,7 +71,7 @@ def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
         if cc.update_head_only:
             probs = model.cluster_heads(select_features).softmax(-1)
         else:
-            probs = infer(model, select_images, weak, cfg.mine.batch_size, device).softmax(-1)
+            probs = infer(model, select_images, weak, cfg.mine.batch_size, device, batch_dim=1).softmax(-1)
         val = [validation_scan_loss(p, val_neighbors, cc.select_entropy_weight) for p in probs]
         val_totals = [v.total.item() for v in val]
         head = min(range(len(val)), key=val_totals.__getitem__)
