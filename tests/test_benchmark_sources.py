@@ -359,6 +359,9 @@ def test_data_path_settings_per_source(tmp_path):
     assert data_path_settings("npz", str(folder)) == {"source": "folder", "path": str(folder)}
     with pytest.raises(ScanError, match="--data .*expected an image folder, a dataset root or an .npz"):
         data_path_settings("digits", str(tmp_path / "nothing"))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ScanError, match="not a folder or an .npz file"):
+        data_path_settings("cifar10", str(tmp_path / "file.txt"))
     expected = {"digits", "npz", "folder", "mnist", "cifar10", "cifar100", "cifar20", "stl10",
                 "imagenet", "imagenet_50", "imagenet_100", "imagenet_200"}
     assert set(SOURCES) == expected

@@ -11,7 +11,6 @@ import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -41,6 +40,8 @@ class DataConfig:
     grayscale_p: float = 0.2
     strong_ops: int = 4
     cutout: int = 16
+    labels: str = "auto"
+    test_fraction: float = 0.0
 
 
 @dataclass
@@ -57,6 +58,7 @@ class PretextConfig:
     temperature: float = 0.1
     lr_decay_rate: float = 0.1
     warmup_epochs: int = 0
+    weights: str | None = None
 
 
 @dataclass
@@ -273,8 +275,11 @@ def validate(cfg: RunConfig) -> None:
     _check_choice("cluster.augment", cfg.cluster.augment, VIEW_NAMES)
     _check_choice("selflabel.augment", cfg.selflabel.augment, VIEW_NAMES)
     _check_choice("cluster.select_on", cfg.cluster.select_on, ("train", "test"))
+    _check_choice("data.labels", cfg.data.labels, ("auto", "none"))
+    if not 0 <= cfg.data.test_fraction < 1:
+        raise ScanError(f"data.test_fraction must be in [0, 1), got {cfg.data.test_fraction}")
     _check_positive(cfg, [
-        "data.size", "data.channels", "pretext.feature_dim", "pretext.epochs", "pretext.batch_size",
+        "data.size", "data.channels", "pretext.feature_dim", "pretext.batch_size",
         "pretext.lr", "pretext.temperature", "mine.k", "mine.val_k", "mine.batch_size",
         "cluster.epochs", "cluster.batch_size", "cluster.lr", "cluster.num_heads",
         "selflabel.batch_size", "selflabel.lr",
@@ -294,8 +299,8 @@ def validate(cfg: RunConfig) -> None:
         raise ScanError(f"selflabel.threshold must be in (0, 1), got {cfg.selflabel.threshold}")
     if not 0 <= cfg.selflabel.ema < 1:
         raise ScanError(f"selflabel.ema must be in [0, 1) (0 turns EMA off), got {cfg.selflabel.ema}")
-    if cfg.selflabel.epochs < 0 or cfg.pretext.warmup_epochs < 0:
-        raise ScanError("selflabel.epochs and pretext.warmup_epochs must be >= 0")
+    if min(cfg.pretext.epochs, cfg.selflabel.epochs, cfg.pretext.warmup_epochs) < 0:
+        raise ScanError("pretext.epochs, selflabel.epochs and pretext.warmup_epochs must be >= 0")
     if cfg.mine.val_k > cfg.mine.k and cfg.cluster.select_on == "train":
         raise ScanError(f"mine.val_k ({cfg.mine.val_k}) must not exceed mine.k ({cfg.mine.k})")
 
@@ -308,6 +313,7 @@ def build_config(
     clusters: int | None = None,
     seed: int | None = None,
     device: str | None = None,
+    size: int | None = None,
 ) -> RunConfig:
     """Preset values, then command-line options, then `key=value` overrides; validated."""
     cfg = RunConfig(preset=preset)
@@ -318,9 +324,10 @@ def build_config(
         from scan.data.sources import data_path_settings
 
         _apply(cfg, {"data": data_path_settings(cfg.data.source, str(data))})
-    for key, value in (("clusters", clusters), ("seed", seed), ("device", device)):
-        if value is not None:
-            _apply(cfg, {key: value})
+    options = {"clusters": clusters, "seed": seed, "device": device}
+    _apply(cfg, {k: v for k, v in options.items() if v is not None})
+    if size is not None:
+        _apply(cfg, {"data": {"size": size}})
     for text in overrides:
         values = parse_override(text)
         if "preset" in values:

@@ -57,9 +57,12 @@ def open_run(cfg: RunConfig, out: str | Path | None, force: bool) -> RunDir:
     return run
 
 
-def commit_config(run: RunDir, cfg: RunConfig) -> None:
-    """Record the resolved config as the run's own (RUN/config.yaml)."""
+def commit_config(run: RunDir, cfg: RunConfig, data: ImageSplits | None = None) -> None:
+    """Record the resolved config as the run's own (RUN/config.yaml), and the files the data
+    source skipped as unreadable (RUN/skipped.txt)."""
     save_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), run.config)
+    if data is not None and data.skipped:
+        save_text("".join(f"{path}\n" for path in data.skipped), run.root / "skipped.txt")
 
 
 def read_config(run: RunDir) -> RunConfig:
@@ -114,7 +117,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path | None = None, force: bool = Fa
     device = resolve_device(cfg.device)
     echo(f"run: {run.root} (preset {cfg.preset}, seed {cfg.seed}, device {device})")
     data = load_data(cfg)
-    commit_config(run, cfg)
+    commit_config(run, cfg, data)
     for name in STAGES:
         run_stage(name, cfg, run, data, device)
     return evaluate_run(run, cfg, device, data)

@@ -106,7 +106,7 @@ def decode_image(path: str | Path, size: int, channels: int, crop: float = 1.0) 
         # wanted square's, which is much faster for photos and changes little after resizing.
         im.draft("RGB" if channels == 3 else "L", (int(size / crop), int(size / crop)))
         im.load()
-        if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: camera photos stored sideways
+        if _orientation(im) != 1:  # EXIF orientation: camera photos stored sideways
             im = ImageOps.exif_transpose(im)
         pixels = _to_mode(im, channels)
     width, height = pixels.size
@@ -117,6 +117,14 @@ def decode_image(path: str | Path, size: int, channels: int, crop: float = 1.0) 
     out = pixels.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
     array = np.array(out, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _orientation(im) -> int:
+    """The EXIF orientation tag (1 = upright); a broken EXIF block must not cost the image."""
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many types
+        return 1
 
 
 def _to_mode(im, channels: int):
@@ -210,8 +218,11 @@ def cache_key(root: Path, files: list[str], size: int, channels: int, crop: floa
     settings: a changed, added or removed file, or another size, gives another key."""
     entries = []
     for rel in files:
-        st = os.stat(root / rel)
-        entries.append([rel, st.st_size, st.st_mtime_ns])
+        try:
+            st = os.stat(root / rel)
+            entries.append([rel, st.st_size, st.st_mtime_ns])
+        except OSError:  # vanished since it was listed: decoding will skip it
+            entries.append([rel, -1, -1])
     blob = json.dumps({"version": DECODE_VERSION, "root": str(root.resolve()), "files": entries,
                        "size": size, "channels": channels, "crop": crop})
     return hashlib.sha256(blob.encode()).hexdigest()

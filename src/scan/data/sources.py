@@ -27,8 +27,6 @@ from scan.data import folder, imagenet, torchvision_sources
 from scan.data.splits import ImageSplits, conform
 from scan.errors import ScanError
 
-__all__ = ["SOURCES", "ImageSplits", "Source", "conform", "data_path_settings", "load_source"]
-
 
 def load_digits_source(cfg: DataConfig) -> ImageSplits:
     """scikit-learn's 8×8 handwritten digits (1,797 images, shipped with scikit-learn).
@@ -127,17 +125,19 @@ def data_path_settings(source: str, path: str) -> dict[str, str]:
 
     - a file ending in .npz: the npz source reading it;
     - for a source that reads a directory (a benchmark's dataset root, an image folder): that
-      directory, even if it does not exist yet (torchvision sources download into it);
+      directory, even if it does not exist yet (torchvision sources download into it), but not
+      an existing file;
     - any other existing directory: the folder source reading it.
     Anything else is a one-line ScanError.
     """
     if Path(path).suffix == ".npz":
         return {"source": "npz", "path": path}
+    where = Path(path).expanduser()
     spec = SOURCES.get(source)
-    if spec is not None and spec.reads_dir:
+    if spec is not None and spec.reads_dir and not (where.exists() and not where.is_dir()):
         return {"path": path}
-    if Path(path).expanduser().is_dir():
+    if where.is_dir():
         return {"source": "folder", "path": path}
-    problem = "not a folder or an .npz file" if Path(path).expanduser().exists() else "no such folder or file"
+    problem = "not a folder or an .npz file" if where.exists() else "no such folder or file"
     raise ScanError(f"--data {path}: {problem}; expected an image folder, a dataset root or an .npz file "
                     f"with x_train, y_train, x_test, y_test")

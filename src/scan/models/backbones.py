@@ -41,14 +41,16 @@ class SmallCNN(nn.Module):
 class TorchvisionResNet(nn.Module):
     """A torchvision ResNet without its classifier. `small_stem` replaces the 7×7/2 conv and
     max-pool by a 3×3/1 conv, the CIFAR variant of the original SCAN code (32×32 stays 32×32
-    into layer1). Init is torchvision's: Kaiming normal (fan_out) convs, BN weight 1, bias 0."""
+    into layer1); `stem_pool` adds its STL-10 variant's 2×2 max-pool. The final pool is adaptive,
+    so any input size works (the original STL network's fixed 7×7 pool only took 96×96). Init is torchvision's: Kaiming normal (fan_out) convs, BN weight 1, bias 0."""
 
-    def __init__(self, net: nn.Module, in_channels: int, small_stem: bool) -> None:
+    def __init__(self, net: nn.Module, in_channels: int, small_stem: bool, stem_pool: bool = False) -> None:
         super().__init__()
         if small_stem:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-            net.maxpool = nn.Identity()
+            # The original's STL-10 variant pools 96 -> 49 after the stem; the CIFAR one does not.
+            net.maxpool = nn.MaxPool2d(kernel_size=2, stride=2, padding=1) if stem_pool else nn.Identity()
         elif in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -65,6 +67,7 @@ BACKBONES: dict[str, Callable[[int], nn.Module]] = {
     "small_cnn": lambda c: SmallCNN(c, width=64, stages=2),
     "small_cnn_narrow": lambda c: SmallCNN(c, width=32, stages=2),
     "resnet18_cifar": lambda c: TorchvisionResNet(resnet18(), c, small_stem=True),
+    "resnet18_stl": lambda c: TorchvisionResNet(resnet18(), c, small_stem=True, stem_pool=True),
     "resnet18": lambda c: TorchvisionResNet(resnet18(), c, small_stem=False),
     "resnet50": lambda c: TorchvisionResNet(resnet50(), c, small_stem=False),
 }

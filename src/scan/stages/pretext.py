@@ -6,23 +6,36 @@ import time
 
 import torch
 
-from scan.checkpoint import RunDir, save_weights
+from scan.checkpoint import RunDir
 from scan.config import RunConfig, fingerprint
 from scan.console import echo, progress
 from scan.data.sources import ImageSplits
 from scan.data.views import make_view
+from scan.errors import ScanError
 from scan.losses import nt_xent
 from scan.models.backbones import build_backbone
 from scan.models.heads import ContrastiveModel
+from scan.models.pretrained import load_moco_v2
+from scan.stages.artifacts import save_pretext_model
 from scan.train import Resumable, build_optimizer, check_finite, cosine_schedule, set_lr, shuffled_batches
 
 
 def run_pretext(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.device) -> dict:
-    """Train SimCLR on the train images; write backbone/projection weights. Returns a summary."""
+    """Train SimCLR on the pretext images (or import `pretext.weights`); write the backbone and
+    projection head weights. Returns a summary."""
     pc = cfg.pretext
-    images = data.train.to(device)
+    model = ContrastiveModel(build_backbone(pc.backbone, cfg.data.channels), pc.feature_dim)
+    if pc.weights:
+        load_moco_v2(pc.weights, model)
+        echo(f"pretext: imported {pc.weights} (MoCo v2 layout), no training")
+        save_pretext_model(run, model)
+        return {"weights": pc.weights}
+    if pc.epochs == 0:
+        raise ScanError("pretext.epochs is 0 and no pretext.weights is given: pass pretext.weights=FILE "
+                        "(a MoCo v2 checkpoint) or set pretext.epochs")
+    model.to(device)
+    images = data.pretext_images().to(device)
     view = make_view("simclr", cfg.data)
-    model = ContrastiveModel(build_backbone(pc.backbone, cfg.data.channels), pc.feature_dim).to(device)
     optimizer = build_optimizer("sgd", model.parameters(), pc.lr, pc.weight_decay, pc.momentum)
     lrs = cosine_schedule(pc.lr, pc.epochs, pc.lr_decay_rate, pc.warmup_epochs)
     state = Resumable(run, "pretext", fingerprint(cfg, "pretext"), cfg.to_dict(), {"model": model, "optimizer": optimizer})
@@ -48,6 +61,5 @@ def run_pretext(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
         state.epoch = epoch + 1
         state.save()
         echo(f"pretext epoch {epoch + 1}/{pc.epochs}  loss {record['loss']:.4f}  lr {record['lr']:.4g}  {record['seconds']:.1f}s")
-    save_weights(model.backbone.state_dict(), run.stage("pretext") / "backbone.safetensors")
-    save_weights(model.head.state_dict(), run.stage("pretext") / "projection_head.safetensors")
+    save_pretext_model(run, model)
     return {"final_loss": state.history[-1]["loss"] if state.history else None}
