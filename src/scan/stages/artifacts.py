@@ -21,6 +21,12 @@ def require(run: RunDir, stage: str, by: str) -> None:
         raise ScanError(f"{by} needs the finished {stage} stage in {run.root}; run `scan {stage}` first")
 
 
+def save_pretext_model(run: RunDir, model: ContrastiveModel) -> None:
+    """The pretext stage's hand-off: backbone.safetensors and projection_head.safetensors."""
+    save_weights(model.backbone.state_dict(), run.stage("pretext") / "backbone.safetensors")
+    save_weights(model.head.state_dict(), run.stage("pretext") / "projection_head.safetensors")
+
+
 def load_pretext_model(run: RunDir, cfg: RunConfig) -> ContrastiveModel:
     """The SimCLR model (backbone + projection head) written by the pretext stage."""
     model = ContrastiveModel(build_backbone(cfg.pretext.backbone, cfg.data.channels), cfg.pretext.feature_dim)
