@@ -136,7 +136,7 @@ def test_unknown_preset_lists_valid_presets():
 
 
 @pytest.mark.parametrize("override, words", [
-    ("pretext.epochs=0", "pretext.epochs must be > 0"),
+    ("pretext.epochs=-1", "pretext.epochs, selflabel.epochs and pretext.warmup_epochs must be >= 0"),
     ("cluster.lr=-0.1", "cluster.lr must be > 0"),
     ("data.channels=2", "data.channels must be 1 or 3"),
     ("selflabel.threshold=1.0", "selflabel.threshold must be in (0, 1)"),
