@@ -29,4 +29,17 @@ def run(
     return run_pipeline(cfg, out=out, force=force)
 
 
-__all__ = ["ScanError", "run", "__version__"]
+def load(path: str | Path, device: str = "auto"):
+    """The clustering model of a run directory (its final step: self-label, else SCAN) or of a
+    folder with an exported model.safetensors + model.json, as a `scan.predict.ClusterModel`.
+
+    `load(RUN).predict(images)` takes image files/folders or a uint8 array N×H×W, N×H×W×C or
+    N×C×H×W (any size) and returns `Predictions` with `clusters` (int64 N) and `probs`
+    (float32 N×K); for files also `paths` (the N files read) and `skipped` (unreadable ones).
+    """
+    from scan.predict import load as load_model
+
+    return load_model(path, device)
+
+
+__all__ = ["ScanError", "load", "run", "__version__"]

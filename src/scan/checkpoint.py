@@ -113,8 +113,10 @@ def load_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
-        raise ScanError(f"refusing to load {path}: it needs arbitrary Python objects ({first})") from None
+        # PyTorch's message opens with advice to retry unsafely; keep only the line naming the object.
+        lines = [line.strip() for line in str(err).splitlines()]
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), "unsupported object")
+        raise ScanError(f"refusing to load {path}: it needs arbitrary Python objects ({reason})") from None
 
 
 def rewrite_jsonl(records: list[dict[str, Any]], path: Path) -> None:

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p = sub.add_parser("import", help="an original SCAN checkpoint (.pth.tar) as a run directory")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="a pretext, SCAN or self-label model file of the original code")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--preset", required=True, help="the preset the checkpoint was trained for (scan presets)")
     p.add_argument("--out", required=True, help="run directory to write")
@@ -100,6 +100,7 @@ def _evaluate(ns: argparse.Namespace) -> None:
     from pathlib import Path
 
     from scan.checkpoint import RunDir
+    from scan.config import preset_names
     from scan.console import set_log_file
     from scan.evaluate import evaluate_run
     from scan.pipeline import read_config
@@ -113,6 +114,9 @@ def _evaluate(ns: argparse.Namespace) -> None:
     if ns.overrides or ns.data:
         raise ScanError("config overrides and --data go with --model; a run directory is evaluated with its own config")
     run = RunDir(Path(ns.target))
+    if not run.config.is_file() and ns.target in preset_names():
+        raise ScanError(f"{ns.target} is a preset, not a run directory; to evaluate a checkpoint file on its "
+                        f"test split add --model FILE")
     cfg = read_config(run)
     set_log_file(run.log)
     evaluate_run(run, cfg, resolve_device(ns.device))

@@ -133,10 +133,13 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
 
 
 def fingerprint(cfg: RunConfig, stage: str) -> str:
-    """A short hash of the config values that `stage`'s outputs depend on."""
+    """A short hash of the config values that `stage`'s outputs depend on. Keys at their default
+    value are left out, so adding a new key (with a default) never invalidates finished stages."""
     flat = flatten(cfg.to_dict())
+    defaults = flatten(RunConfig().to_dict())
     keys = STAGE_INPUTS[stage]
-    picked = {k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in keys)}
+    picked = {k: v for k, v in flat.items()
+              if any(k == p or k.startswith(p + ".") for p in keys) and v != defaults.get(k, object())}
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -10,11 +10,10 @@ from scan.checkpoint import RunDir, save_json
 from scan.config import RunConfig
 from scan.console import echo
 from scan.data.sources import ImageSplits, load_source
-from scan.data.views import make_view
 from scan.knn import neighbor_accuracy
-from scan.metrics import cluster_metrics
-from scan.stages.artifacts import load_clustering_model, load_neighbors
-from scan.train import infer
+from scan.metrics import cluster_metrics, hungarian_match
+from scan.predict import ClusterModel
+from scan.stages.artifacts import load_clustering_model, load_exported_model, load_neighbors, set_cluster_names
 
 STEPS = ("cluster", "selflabel")
 TABLE_KEYS = ("acc", "nmi", "ari", "ami", "top5", "acc_majority")
@@ -22,16 +21,21 @@ TABLE_KEYS = ("acc", "nmi", "ari", "ami", "top5", "acc_majority")
 
 def predict_probs(run: RunDir, step: str, cfg: RunConfig, images: torch.Tensor, device: torch.device) -> np.ndarray:
     """Cluster probabilities N×K of `step`'s exported model (its selected head) on uint8 images."""
-    model, head = load_clustering_model(run, step)
-    model.to(device).eval()
-    logits = infer(model, images, make_view("weak", cfg.data), cfg.mine.batch_size, device, batch_dim=1)[head]
-    return logits.softmax(-1).cpu().numpy()
+    return ClusterModel(*load_exported_model(run.stage(step)), device).probs(images, cfg.mine.batch_size).numpy()
 
 
 def num_classes(data: ImageSplits) -> int:
     if data.classes is not None:
         return len(data.classes)
     return int(max(data.train_labels.max(), data.test_labels.max())) + 1
+
+
+def matched_names(pred: np.ndarray, target: np.ndarray, num_clusters: int, data: ImageSplits) -> list[str | None]:
+    """The class name each cluster is matched to by the Hungarian match of `pred` (N cluster
+    ids) to `target` (N labels); None for clusters left unmatched (K > classes). Classes without
+    names are named by their label."""
+    classes = data.classes or [str(c) for c in range(num_classes(data))]
+    return [classes[c] if c >= 0 else None for c in hungarian_match(pred, target, num_clusters, len(classes))]
 
 
 def evaluate_run(run: RunDir, cfg: RunConfig, device: torch.device, data: ImageSplits | None = None) -> dict:
@@ -46,6 +50,9 @@ def evaluate_run(run: RunDir, cfg: RunConfig, device: torch.device, data: ImageS
             continue
         probs = predict_probs(run, step, cfg, data.test, device)
         metrics[step] = cluster_metrics(probs, data.test_labels.numpy(), num_classes(data)) if labelled else {}
+        if labelled:
+            # The matched class names travel with the exported model, for `scan predict`.
+            set_cluster_names(run, step, matched_names(probs.argmax(1), data.test_labels.numpy(), probs.shape[1], data))
         if step == "cluster":
             metrics[step]["head"] = load_clustering_model(run, step)[1]
     metrics["seconds"] = run.stage_seconds()

@@ -46,7 +46,8 @@ def open_run(cfg: RunConfig, out: str | Path | None, force: bool) -> RunDir:
         raise ScanError(f"cannot write to --out {run.root}: permission denied")
     new = cfg.to_dict()
     if run.config.is_file():
-        old = yaml.safe_load(run.config.read_text()) or {}
+        # Filled with today's defaults, so keys added since that run was made are not a change.
+        old = config_from_dict(yaml.safe_load(run.config.read_text()) or {}).to_dict()
         changes = [line for line in config_diff(old, new) if not line.startswith(RUNTIME_KEYS)]
         if changes and not force:
             raise ScanError(

@@ -4,12 +4,14 @@ weights, mined neighbours and exported clustering models with their JSON sidecar
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from scan.checkpoint import RunDir, load_weights, save_json, save_weights
 from scan.config import RunConfig
+from scan.data import imagenet
 from scan.errors import ScanError
 from scan.models.backbones import build_backbone
 from scan.models.heads import ClusteringModel, ContrastiveModel
@@ -47,26 +49,76 @@ def load_features(run: RunDir) -> torch.Tensor:
     return torch.from_numpy(np.load(run.stage("mine") / "features.npy")).float()
 
 
-def save_clustering_model(run: RunDir, stage: str, model: ClusteringModel, cfg: RunConfig, head: int) -> None:
-    """model.safetensors (every head) plus model.json: what is needed to rebuild and apply it."""
-    folder = run.stage(stage)
-    save_weights(model.state_dict(), folder / "model.safetensors")
-    save_json({
+CLUSTERING_STEPS = ("cluster", "selflabel")
+
+
+def model_card(cfg: RunConfig, model: ClusteringModel, head: int) -> dict:
+    """The JSON sidecar of an exported clustering model: everything needed to rebuild it and to
+    prepare images for it (decode crop, base size, channels, normalisation)."""
+    return {
         "backbone": cfg.pretext.backbone,
         "in_channels": cfg.data.channels,
         "input_size": cfg.data.size,
+        "crop": decode_crop(cfg.data.source),
         "mean": cfg.data.mean,
         "std": cfg.data.std,
         "num_clusters": cfg.clusters,
         "num_heads": len(model.cluster_heads.heads),
         "head": head,
-    }, folder / "model.json")
+    }
+
+
+def decode_crop(source: str) -> float:
+    """Share of an image file's short side that the source keeps when decoding (centre crop).
+    Only the ImageNet sources crop (the standard 224/256); the others keep the whole square."""
+    return imagenet.CROP if source in imagenet.LOADERS else 1.0
+
+
+def save_clustering_model(run: RunDir, stage: str, model: ClusteringModel, cfg: RunConfig, head: int) -> None:
+    """model.safetensors (every head) plus model.json: what is needed to rebuild and apply it."""
+    folder = run.stage(stage)
+    save_weights(model.state_dict(), folder / "model.safetensors")
+    save_json(model_card(cfg, model, head), folder / "model.json")
+
+
+def read_model_card(folder: Path) -> dict:
+    """model.json of an exported model in `folder` (a run's cluster/ or selflabel/ folder, or a
+    copy of its two files anywhere)."""
+    path = folder / "model.json"
+    if not path.is_file():
+        raise ScanError(f"no exported model in {folder} (missing model.json)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ScanError(f"{path} is not valid JSON ({err})") from None
+
+
+def load_exported_model(folder: Path) -> tuple[ClusteringModel, dict]:
+    """The clustering model in `folder` (model.safetensors + model.json) and its sidecar."""
+    card = read_model_card(folder)
+    model = ClusteringModel(build_backbone(card["backbone"], card["in_channels"]), card["num_clusters"], card["num_heads"])
+    model.load_state_dict(load_weights(folder / "model.safetensors"))
+    return model, card
 
 
 def load_clustering_model(run: RunDir, stage: str) -> tuple[ClusteringModel, int]:
     """The exported model of `stage` ('cluster' or 'selflabel') and its selected head."""
-    folder = run.stage(stage)
-    card = json.loads((folder / "model.json").read_text())
-    model = ClusteringModel(build_backbone(card["backbone"], card["in_channels"]), card["num_clusters"], card["num_heads"])
-    model.load_state_dict(load_weights(folder / "model.safetensors"))
+    model, card = load_exported_model(run.stage(stage))
     return model, card["head"]
+
+
+def final_step(run: RunDir) -> str:
+    """The last finished clustering step of `run`: 'selflabel', else 'cluster'."""
+    for step in reversed(CLUSTERING_STEPS):
+        if run.done(step).is_file():
+            return step
+    raise ScanError(f"{run.root} has no finished cluster or selflabel stage; run `scan cluster` first")
+
+
+def set_cluster_names(run: RunDir, stage: str, names: list[str | None]) -> None:
+    """Record in `stage`'s model.json the class each cluster was matched to (None: unmatched).
+    Written by evaluation, the only place that reads labels; predictions then carry the names."""
+    folder = run.stage(stage)
+    card = read_model_card(folder)
+    card["cluster_names"] = names
+    save_json(card, folder / "model.json")
