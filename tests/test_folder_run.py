@@ -59,3 +59,4 @@ def test_folder_run_without_labels_reports_no_accuracy(shapes, tmp_path):
     assert "mine" not in metrics
     for step in ("cluster", "selflabel"):
         assert not {"acc", "nmi", "ari", "ami", "top5"} & set(metrics[step])
+        assert 1 / 3 <= metrics[step]["confidence"] <= 1 and 0 <= metrics[step]["empty_clusters"] <= 2

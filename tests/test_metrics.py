@@ -87,3 +87,12 @@ def test_under_clustering_has_majority_acc():
     assert m["acc"] == pytest.approx(4 / 7)
     # majority: both clusters -> class 0: 3 + 2 = 5
     assert m["acc_majority"] == pytest.approx(5 / 7)
+
+
+def test_cluster_diagnostics_need_no_labels():
+    from scan.metrics import cluster_diagnostics
+
+    probs = np.array([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0], [0.2, 0.8, 0.0], [0.7, 0.3, 0.0]])
+    d = cluster_diagnostics(probs)
+    assert d == {"confidence": pytest.approx((0.9 + 0.6 + 0.8 + 0.7) / 4), "empty_clusters": 1,
+                 "smallest_share": 0.0, "largest_share": 0.75}

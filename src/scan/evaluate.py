@@ -11,12 +11,13 @@ from scan.config import RunConfig
 from scan.console import echo
 from scan.data.sources import ImageSplits, load_source
 from scan.knn import neighbor_accuracy
-from scan.metrics import cluster_metrics, hungarian_match
+from scan.metrics import cluster_diagnostics, cluster_metrics, hungarian_match
 from scan.predict import ClusterModel
-from scan.stages.artifacts import load_clustering_model, load_exported_model, load_neighbors, set_cluster_names
+from scan.stages.artifacts import load_exported_model, load_neighbors, read_model_card, set_cluster_names
 
 STEPS = ("cluster", "selflabel")
 TABLE_KEYS = ("acc", "nmi", "ari", "ami", "top5", "acc_majority")
+DIAGNOSTIC_KEYS = ("confidence", "empty_clusters", "smallest_share", "largest_share")
 
 
 def predict_probs(run: RunDir, step: str, cfg: RunConfig, images: torch.Tensor, device: torch.device) -> np.ndarray:
@@ -49,12 +50,13 @@ def evaluate_run(run: RunDir, cfg: RunConfig, device: torch.device, data: ImageS
         if not run.done(step).is_file():
             continue
         probs = predict_probs(run, step, cfg, data.test, device)
-        metrics[step] = cluster_metrics(probs, data.test_labels.numpy(), num_classes(data)) if labelled else {}
+        metrics[step] = cluster_diagnostics(probs)
         if labelled:
+            metrics[step].update(cluster_metrics(probs, data.test_labels.numpy(), num_classes(data)))
             # The matched class names travel with the exported model, for `scan predict`.
             set_cluster_names(run, step, matched_names(probs.argmax(1), data.test_labels.numpy(), probs.shape[1], data))
         if step == "cluster":
-            metrics[step]["head"] = load_clustering_model(run, step)[1]
+            metrics[step]["head"] = read_model_card(run.stage(step))["head"]
     metrics["seconds"] = run.stage_seconds()
     save_json(metrics, run.metrics)
     echo(format_table(metrics))
@@ -63,8 +65,8 @@ def evaluate_run(run: RunDir, cfg: RunConfig, device: torch.device, data: ImageS
 
 def format_table(metrics: dict) -> str:
     """The metrics of each step as a fixed-width table (test split)."""
-    keys = [k for k in TABLE_KEYS if any(k in metrics.get(s, {}) for s in STEPS)]
-    lines = ["test metrics" + ("" if keys else ": no labels, nothing to score")]
+    keys = [k for k in TABLE_KEYS if any(k in metrics.get(s, {}) for s in STEPS)] or list(DIAGNOSTIC_KEYS)
+    lines = ["test metrics" + ("" if keys[0] in TABLE_KEYS else " (no labels: label-free diagnostics)")]
     if keys:
         lines.append(f"{'step':<10}" + "".join(f"{k:>14}" for k in keys))
         for step in STEPS:

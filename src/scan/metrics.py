@@ -1,5 +1,5 @@
 """Clustering metrics against ground truth: Hungarian ACC, NMI, ARI, AMI, top-k ACC, and
-many-to-one (majority) ACC for over- or under-clustering."""
+many-to-one (majority) ACC for over- or under-clustering; and label-free diagnostics."""
 
 from __future__ import annotations
 
@@ -50,3 +50,15 @@ def cluster_metrics(probs: np.ndarray, target: np.ndarray, num_classes: int | No
         majority = contingency(pred, target, num_clusters, num_classes).argmax(1)
         metrics["acc_majority"] = float((majority[pred] == target).mean())
     return metrics
+
+
+def cluster_diagnostics(probs: np.ndarray) -> dict:
+    """Label-free facts about a soft clustering, probs N×K: mean confidence (max probability),
+    the number of empty clusters, and the smallest and largest cluster as a share of N."""
+    sizes = np.bincount(probs.argmax(1), minlength=probs.shape[1])
+    return {
+        "confidence": float(probs.max(1).mean()),
+        "empty_clusters": int((sizes == 0).sum()),
+        "smallest_share": float(sizes.min() / len(probs)),
+        "largest_share": float(sizes.max() / len(probs)),
+    }
