@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny .npz datasets written into tmp_path."""
+"""Shared fixtures: tiny .npz datasets written into tmp_path, and one tiny finished run."""
 
 from __future__ import annotations
 
@@ -40,3 +40,20 @@ def make_npz(tmp_path: Path):
 def tiny_npz(make_npz) -> Path:
     """30 train / 10 test random 8×8 grey images, 3 classes."""
     return make_npz()
+
+
+# A few epochs of each stage on digits: seconds, enough for every artefact of a run to exist.
+TINY_RUN = ["pretext.epochs=2", "cluster.epochs=2", "selflabel.epochs=1", "cluster.num_heads=2", "device=cpu"]
+
+
+@pytest.fixture(scope="session")
+def reported_run(tmp_path_factory) -> Path:
+    """A finished tiny digits run with its report (assignments.csv), made once per test session.
+    Tests that change a run copy it first."""
+    import scan
+    from scan.cli import main
+
+    out = tmp_path_factory.mktemp("reported_run")
+    scan.run("digits", out=out, overrides=TINY_RUN)
+    assert main(["report", str(out), "--device", "cpu"]) == 0
+    return out

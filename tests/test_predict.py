@@ -25,16 +25,12 @@ from scan.models.backbones import build_backbone
 from scan.models.heads import ClusteringModel
 from scan.stages.artifacts import save_clustering_model
 
-TINY = ["pretext.epochs=2", "cluster.epochs=2", "selflabel.epochs=1", "cluster.num_heads=2", "device=cpu"]
+from conftest import TINY_RUN as TINY
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A finished tiny digits run with its report (assignments.csv)."""
-    out = tmp_path_factory.mktemp("run")
-    scan.run("digits", out=out, overrides=TINY)
-    assert main(["report", str(out), "--device", "cpu"]) == 0
-    return out
+@pytest.fixture
+def run_dir(reported_run) -> Path:
+    return reported_run
 
 
 @pytest.fixture(scope="module")

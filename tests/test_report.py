@@ -27,16 +27,12 @@ from scan.report import (PER_PAGE, Assigned, cluster_members, confusion_matrix, 
                          size_warnings, write_assignments, write_report)
 from scan.stages.artifacts import save_clustering_model
 
-TINY = ["pretext.epochs=2", "cluster.epochs=2", "selflabel.epochs=1", "cluster.num_heads=2", "device=cpu"]
+from conftest import TINY_RUN as TINY
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A finished tiny digits run (a few seconds), reported once through the CLI."""
-    out = tmp_path_factory.mktemp("run")
-    scan.run("digits", out=out, overrides=TINY)
-    assert main(["report", str(out), "--device", "cpu"]) == 0
-    return out
+@pytest.fixture
+def run_dir(reported_run) -> Path:
+    return reported_run
 
 
 def pages(report: Path) -> list[ET.Element]:
