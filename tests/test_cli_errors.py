@@ -208,3 +208,10 @@ def test_failed_commands_leave_no_default_run_dir(capsys, tmp_path):
     # an error in the config is found before any directory is created
     fails(capsys, cli("run", clusters=1))
     assert not Path("runs").exists()
+
+
+
+def test_data_root_is_another_name_for_data(tmp_path, capsys):
+    missing = tmp_path / "nowhere.txt"
+    assert main(["run", "--data-root", str(missing), "--out", str(tmp_path / "run")]) != 0
+    assert f"--data {missing}: no such folder or file" in capsys.readouterr().err

@@ -20,7 +20,7 @@ class OneLineParser(argparse.ArgumentParser):
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("args", nargs="*", metavar="[PRESET] [key=value ...]",
                    help="preset name (default digits) and config overrides such as pretext.epochs=20")
-    p.add_argument("--data", help="an image folder, the preset's dataset root, or an .npz with x_train, y_train, "
+    p.add_argument("--data", "--data-root", dest="data", help="an image folder, the preset's dataset root, or an .npz with x_train, y_train, "
                                   "x_test, y_test (optional classes)")
     p.add_argument("--size", type=int, help="base resolution images are brought to (sets data.size)")
     p.add_argument("--clusters", type=int, help="number of clusters K")
