@@ -17,7 +17,7 @@ import yaml
 
 from scan.errors import ScanError
 
-SECTIONS = ("data", "pretext", "mine", "cluster", "selflabel")
+SECTIONS = ("data", "pretext", "mine", "cluster", "selflabel", "runtime")
 OPTIMIZERS = ("sgd", "adam")
 VIEW_NAMES = ("weak", "simclr", "strong")
 DEVICES = ("auto", "cpu", "cuda")
@@ -69,6 +69,7 @@ class MineConfig:
     val_k: int = 5
     features: str = "projection"
     batch_size: int = 512
+    backend: str = "torch"
 
 
 @dataclass
@@ -106,6 +107,16 @@ class SelfLabelConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How the network passes are computed, not what they compute: no stage's fingerprint depends
+    on these. `auto` means bf16 autocast and channels-last on CUDA, fp32 and contiguous on CPU."""
+
+    precision: str = "auto"
+    channels_last: bool | str = "auto"
+    compile: bool = False
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs; written to RUN/config.yaml and into every checkpoint."""
 
@@ -118,6 +129,7 @@ class RunConfig:
     mine: MineConfig = field(default_factory=MineConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     selflabel: SelfLabelConfig = field(default_factory=SelfLabelConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -196,8 +208,15 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(key, value, inner[0])
+        for kind in inner:  # e.g. bool | str for 'auto', true or false: the first type that fits
+            try:
+                return _coerce(key, value, kind)
+            except ScanError:
+                pass
+        raise ScanError(f"{key} must be a {' or '.join(a.__name__ for a in inner)}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):
             raise ScanError(f"{key} must be a list, got {value!r}")
@@ -267,12 +286,19 @@ def _check_positive(cfg: RunConfig, keys: list[str]) -> None:
 def validate(cfg: RunConfig) -> None:
     """Value checks that do not need the data (those live in the pipeline)."""
     from scan.data.sources import SOURCES
+    from scan.knn import BACKENDS, FAISS_MISSING, faiss_available
     from scan.models.backbones import BACKBONES
 
     _check_choice("data.source", cfg.data.source, SOURCES)
     _check_choice("pretext.backbone", cfg.pretext.backbone, BACKBONES)
     _check_choice("device", cfg.device, DEVICES)
     _check_choice("mine.features", cfg.mine.features, ("projection", "backbone"))
+    _check_choice("mine.backend", cfg.mine.backend, BACKENDS)
+    if cfg.mine.backend == "faiss" and not faiss_available():
+        raise ScanError(FAISS_MISSING)
+    _check_choice("runtime.precision", cfg.runtime.precision, ("auto", "fp32", "bf16"))
+    if cfg.runtime.channels_last not in ("auto", True, False):
+        raise ScanError(f"runtime.channels_last must be one of auto, true, false; got {cfg.runtime.channels_last!r}")
     _check_choice("cluster.optimizer", cfg.cluster.optimizer, OPTIMIZERS)
     _check_choice("selflabel.optimizer", cfg.selflabel.optimizer, OPTIMIZERS)
     _check_choice("cluster.augment", cfg.cluster.augment, VIEW_NAMES)

@@ -31,7 +31,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunConfig, RunDir, ImageSplits, torch.devic
     "selflabel": run_selflabel,
 }
 # Keys that may change between invocations of one run without invalidating it.
-RUNTIME_KEYS = ("device",)
+RUNTIME_KEYS = ("device", "runtime.")
 
 
 def open_run(cfg: RunConfig, out: str | Path | None, force: bool) -> RunDir:

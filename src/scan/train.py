@@ -3,16 +3,18 @@ the non-finite-loss guard, and per-epoch checkpoint/resume."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from scan.checkpoint import RunDir, load_torch, rewrite_jsonl, save_torch
+from scan.config import RuntimeConfig
 from scan.errors import ScanError
 
 
@@ -23,6 +25,52 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ScanError("--device cuda was asked for but no CUDA device is available")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How network passes run on `device`: bf16 autocast, channels-last memory format and
+    torch.compile. Losses are computed outside autocast on float32 outputs, so only the network's
+    own arithmetic changes precision."""
+
+    device: torch.device
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def from_config(cls, rc: RuntimeConfig, device: torch.device) -> Runtime:
+        """'auto' turns bf16 autocast (where the GPU supports bf16) and channels-last on for CUDA
+        and leaves CPU runs in fp32 and contiguous, the numbers every CPU result was made with
+        (on a CPU with AVX512-BF16 both are faster when asked for; benchmarks/README.md)."""
+        cuda = device.type == "cuda"
+        bf16 = rc.precision == "bf16" or (rc.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+        channels_last = rc.channels_last is True or (rc.channels_last == "auto" and cuda)
+        return cls(device, bf16=bf16, channels_last=channels_last, compile=rc.compile)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on this device, or nothing."""
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def wrap(self, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A forward function for `module`: images go in channels-last, the pass runs under
+        autocast (compiled when asked), float outputs come back as float32. Channels-last converts
+        the parameters' memory layout in place; their keys and values, and so checkpoints and
+        exported weights, stay the same. Train/eval mode is `module`'s, which is what gets saved."""
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        forward = torch.compile(module) if self.compile else module
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                out = forward(x)
+            return out.float() if out.is_floating_point() else out
+
+        return run
 
 
 def seed_everything(seed: int) -> None:

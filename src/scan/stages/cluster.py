@@ -15,7 +15,7 @@ from scan.data.views import make_view
 from scan.losses import scan_loss, validation_scan_loss
 from scan.models.heads import ClusteringModel
 from scan.stages.artifacts import load_features, load_neighbors, load_pretext_model, require, save_clustering_model
-from scan.train import Resumable, build_optimizer, check_finite, infer, shuffled_batches
+from scan.train import Resumable, Runtime, build_optimizer, check_finite, infer, shuffled_batches
 
 
 def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.device) -> dict:
@@ -29,16 +29,20 @@ def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
     view = make_view(cc.augment, cfg.data)
 
     model = ClusteringModel(load_pretext_model(run, cfg).backbone, cfg.clusters, cc.num_heads).to(device)
+    runtime = Runtime.from_config(cfg.runtime, device)
     if cc.update_head_only:
         # A frozen backbone gives every image one fixed feature vector: compute it once and train
         # the linear heads on the cache (orders of magnitude faster than a backbone pass per step).
         model.backbone.eval().requires_grad_(False)
+        embed = runtime.wrap(model.backbone)
         if cfg.mine.features == "backbone":  # mining already embedded the train split
             features = load_features(run).to(device)
         else:
-            features = infer(model.backbone, images, weak, cfg.mine.batch_size, device)
+            features = infer(embed, images, weak, cfg.mine.batch_size, device)
         select_features = features if cc.select_on == "train" else infer(
-            model.backbone, select_images, weak, cfg.mine.batch_size, device)
+            embed, select_images, weak, cfg.mine.batch_size, device)
+    else:
+        forward = runtime.wrap(model)
     params = model.cluster_heads.parameters() if cc.update_head_only else model.parameters()
     optimizer = build_optimizer(cc.optimizer, params, cc.lr, cc.weight_decay, cc.momentum)
     state = Resumable(run, "cluster", fingerprint(cfg, "cluster"), cfg.to_dict(), {"model": model, "optimizer": optimizer},
@@ -58,7 +62,7 @@ def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
             if cc.update_head_only:
                 logits = model.cluster_heads(torch.cat([features[idx], features[nbr]]))
             else:
-                logits = model(torch.cat([view(images[idx]), view(images[nbr])]))
+                logits = forward(torch.cat([view(images[idx]), view(images[nbr])]))
             parts = [scan_loss(h[: len(idx)], h[len(idx):], cc.entropy_weight) for h in logits]
             loss = sum(p.total for p in parts)
             check_finite(loss, "cluster", epoch)
@@ -71,7 +75,7 @@ def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
         if cc.update_head_only:
             probs = model.cluster_heads(select_features).softmax(-1)
         else:
-            probs = infer(model, select_images, weak, cfg.mine.batch_size, device, batch_dim=1).softmax(-1)
+            probs = infer(forward, select_images, weak, cfg.mine.batch_size, device, batch_dim=1).softmax(-1)
         val = [validation_scan_loss(p, val_neighbors, cc.select_entropy_weight) for p in probs]
         val_totals = [v.total.item() for v in val]
         head = min(range(len(val)), key=val_totals.__getitem__)

@@ -11,14 +11,14 @@ from scan.data.sources import ImageSplits
 from scan.data.views import make_view
 from scan.knn import knn, neighbor_accuracy
 from scan.stages.artifacts import load_pretext_model, require
-from scan.train import infer
+from scan.train import Runtime, infer
 
 
 def embed(cfg: RunConfig, run: RunDir, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Pretext features of uint8 N×C×H×W images (weak view): N×128 projection outputs (as the
     original does for SimCLR) or N×D backbone features (mine.features=backbone)."""
     model = load_pretext_model(run, cfg).to(device).eval()
-    fn = model if cfg.mine.features == "projection" else model.backbone
+    fn = Runtime.from_config(cfg.runtime, device).wrap(model if cfg.mine.features == "projection" else model.backbone)
     return infer(fn, images, make_view("weak", cfg.data), cfg.mine.batch_size, device)
 
 
@@ -27,11 +27,11 @@ def run_mine(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.devic
     require(run, "pretext", "mine")
     mc = cfg.mine
     features = embed(cfg, run, data.train, device)
-    neighbors, _ = knn(features, mc.k)
+    neighbors, _ = knn(features, mc.k, backend=mc.backend)
     if cfg.cluster.select_on == "train":
         val_neighbors = neighbors[:, : mc.val_k]
     else:
-        val_neighbors, _ = knn(embed(cfg, run, data.test, device), mc.val_k)
+        val_neighbors, _ = knn(embed(cfg, run, data.test, device), mc.val_k, backend=mc.backend)
     folder = run.stage("mine")
     save_npy(features.cpu().half().numpy(), folder / "features.npy")
     save_npy(neighbors.cpu().numpy(), folder / "neighbors.npy")

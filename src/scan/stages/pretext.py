@@ -17,7 +17,7 @@ from scan.models.backbones import build_backbone
 from scan.models.heads import ContrastiveModel
 from scan.models.pretrained import load_moco_v2
 from scan.stages.artifacts import save_pretext_model
-from scan.train import Resumable, build_optimizer, check_finite, cosine_schedule, set_lr, shuffled_batches
+from scan.train import Resumable, Runtime, build_optimizer, check_finite, cosine_schedule, set_lr, shuffled_batches
 
 
 def run_pretext(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.device) -> dict:
@@ -34,6 +34,8 @@ def run_pretext(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
         raise ScanError("pretext.epochs is 0 and no pretext.weights is given: pass pretext.weights=FILE "
                         "(a MoCo v2 checkpoint) or set pretext.epochs")
     model.to(device)
+    runtime = Runtime.from_config(cfg.runtime, device)
+    forward = runtime.wrap(model)
     images = data.pretext_images().to(device)
     view = make_view("simclr", cfg.data)
     optimizer = build_optimizer("sgd", model.parameters(), pc.lr, pc.weight_decay, pc.momentum)
@@ -49,7 +51,7 @@ def run_pretext(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
         total, count = 0.0, 0
         for idx in progress(shuffled_batches(len(images), pc.batch_size, device), steps, f"pretext {epoch + 1}"):
             batch = images[idx]
-            z = model(torch.cat([view(batch), view(batch)]))
+            z = forward(torch.cat([view(batch), view(batch)]))
             loss = nt_xent(z[: len(idx)], z[len(idx):], pc.temperature)
             check_finite(loss, "pretext", epoch)
             optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,7 @@ from scan.data.sources import ImageSplits
 from scan.data.views import make_view
 from scan.losses import confidence_ce
 from scan.stages.artifacts import load_clustering_model, require, save_clustering_model
-from scan.train import Resumable, build_optimizer, check_finite, shuffled_batches
+from scan.train import Resumable, Runtime, build_optimizer, check_finite, shuffled_batches
 
 
 @torch.no_grad()
@@ -37,6 +37,7 @@ def run_selflabel(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.
     model, head = load_clustering_model(run, "cluster")
     model.keep_head(head)
     model.to(device)
+    forward = Runtime.from_config(cfg.runtime, device).wrap(model)
     optimizer = build_optimizer(sc.optimizer, model.parameters(), sc.lr, sc.weight_decay, sc.momentum)
     modules: dict = {"model": model, "optimizer": optimizer}
     ema = copy.deepcopy(model) if sc.ema > 0 else None
@@ -55,8 +56,8 @@ def run_selflabel(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.
             batch = images[idx]
             # Train-mode BN on the weak pass, as in the original (its statistics update too).
             with torch.no_grad():
-                weak_logits = model(weak(batch))[0]
-            result = confidence_ce(weak_logits, model(strong(batch))[0], sc.threshold, sc.class_balance)
+                weak_logits = forward(weak(batch))[0]
+            result = confidence_ce(weak_logits, forward(strong(batch))[0], sc.threshold, sc.class_balance)
             confident, seen = confident + result.confident, seen + len(idx)
             if result.loss is None:
                 skipped += 1

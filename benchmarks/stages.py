@@ -1,0 +1,433 @@
+"""Training throughput of every stage, exact top-k mining against faiss, and the validation loss.
+
+Prints one JSON object per line. The first line describes the machine; then, per stage and
+backbone (ResNet-18 with the CIFAR stem on 32×32 RGB, as the `cifar10` preset; the small CNN on
+8×8 grey, as `digits`), a line with the keys
+
+    benchmark, stage, device, backbone, batch, images_per_s, augment_share, peak_mb
+
+(plus precision, channels_last, compile, steps_per_window, windows, val_images_per_s, epoch_s_50k
+where they apply); mining lines add n, d, seconds, faiss_seconds; validation-loss lines add n,
+seconds (from benchmarks/validation_loss.py, which also runs the original's N×N form).
+Throughput counts source images (SimCLR: images, not views; SCAN: anchors) per second:
+synthetic uint8 images go through the stage's real augmentation, model, loss and optimiser step;
+after warm-up steps, the median of several timed windows. augment_share is the time spent making
+the views over the whole step time. peak_mb is the peak memory above what was in use before the
+measurement: on CUDA torch.cuda.max_memory_allocated, on CPU the process's resident set size
+sampled every 2 ms from /proc/self/statm after returning freed heap pages to the OS (malloc_trim),
+so it counts everything the measurement touched, library buffers included.
+
+    python benchmarks/stages.py --quick                  # CPU subset, under 3 minutes
+    python benchmarks/stages.py                          # everything for this device
+    python benchmarks/stages.py --device cuda            # the paper's batch sizes on a GPU
+    python benchmarks/stages.py --only mining --mining-n 50000 --mining-d 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+
+from scan.config import RuntimeConfig, build_config
+from scan.data.views import make_view
+from scan.knn import faiss_available, knn
+from scan.losses import confidence_ce, nt_xent, scan_loss, validation_scan_loss
+from scan.models.backbones import build_backbone
+from scan.models.heads import ClusteringModel, ContrastiveModel
+from scan.train import Runtime, build_optimizer, infer
+
+STAGES = ("pretext", "mine", "cluster", "cluster_head_only", "selflabel")
+# backbone -> the preset whose data and stage settings it is measured with
+BACKBONE_PRESETS = {"resnet18_cifar": "cifar10", "small_cnn": "digits"}
+# The original implementation on the 2-core CPU of the issue (ResNet-18 CIFAR stem, batch 128).
+ORIGINAL = {"pretext_images_per_s": 12.3, "cluster_images_per_s": 15.0, "validation_10k_s": 138.0,
+            "validation_10k_mb": 381.0, "faiss_50k_128_s": 7.0}
+
+
+# ---- measuring ----------------------------------------------------------------------------------
+
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    line = {"benchmark": "machine", "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        line["gpu"] = torch.cuda.get_device_name(device)
+    if faiss_available():
+        import faiss
+
+        line["faiss"] = faiss.__version__
+    return line
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _release_free_heap() -> None:
+    """Give freed heap pages back to the OS (glibc malloc_trim), so that the next measurement's
+    growth shows in the resident set instead of hiding in memory an earlier one freed."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory above the level at entry, in MiB: CUDA allocator peak, or sampled CPU RSS."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.mb = device, 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            _release_free_heap()
+            self.base = self.peak = _rss_bytes()
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.002):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.peak = max(self.peak, _rss_bytes())
+            self.mb = (self.peak - self.base) / 2**20
+
+
+def timed(step: Callable[[], float], device: torch.device, warmup: int, windows: int,
+          window_s: float, max_steps: int) -> dict:
+    """Run `step` (which returns its own augmentation seconds) `warmup` times, then `windows`
+    windows of equally many steps (enough for about `window_s` seconds, at most `max_steps`).
+    Returns the median seconds per step and the augmentation share over all timed steps."""
+    first = None
+    for _ in range(warmup):
+        start = time.perf_counter()
+        step()
+        sync(device)
+        first = time.perf_counter() - start
+    per_window = max(1, min(max_steps, math.ceil(window_s / max(first or window_s, 1e-4))))
+    per_step, aug_total, all_total = [], 0.0, 0.0
+    for _ in range(windows):
+        start, aug = time.perf_counter(), 0.0
+        for _ in range(per_window):
+            aug += step()
+        sync(device)
+        elapsed = time.perf_counter() - start
+        per_step.append(elapsed / per_window)
+        aug_total, all_total = aug_total + aug, all_total + elapsed
+    return {"step_s": statistics.median(per_step), "augment_share": aug_total / all_total,
+            "steps_per_window": per_window, "windows": windows}
+
+
+@contextmanager
+def _aug_timer(device: torch.device, box: list[float]):
+    sync(device)
+    start = time.perf_counter()
+    yield
+    sync(device)
+    box[0] += time.perf_counter() - start
+
+
+# ---- stages ---------------------------------------------------------------------------------------
+
+
+def stage_line(args, stage: str, backbone: str, batch: int, runtime: Runtime, result: dict, peak_mb: float) -> dict:
+    line = {"benchmark": "stages", "stage": stage, "device": args.device.type, "backbone": backbone, "batch": batch,
+            "images_per_s": round(batch / result["step_s"], 2), "augment_share": round(result["augment_share"], 4),
+            "peak_mb": round(peak_mb, 1), "precision": "bf16" if runtime.bf16 else "fp32",
+            "channels_last": runtime.channels_last, "compile": runtime.compile,
+            "steps_per_window": result["steps_per_window"], "windows": result["windows"]}
+    return line
+
+
+def run_stage(args, stage: str, backbone: str, batch: int) -> dict:
+    cfg = build_config(BACKBONE_PRESETS[backbone], device=args.device.type)
+    dc, device = cfg.data, args.device
+    runtime = Runtime.from_config(RuntimeConfig(args.precision, args.channels_last, args.compile), device)
+    torch.manual_seed(0)
+    pool = torch.randint(0, 256, (args.pool, dc.channels, dc.size, dc.size), dtype=torch.uint8).to(device)
+    timing = dict(device=device, warmup=args.warmup, windows=args.windows, window_s=args.window_s, max_steps=args.max_steps)
+    aug = [0.0]
+
+    def draw(n: int) -> torch.Tensor:
+        return torch.randint(len(pool), (n,), device=device)
+
+    with PeakMemory(device) as mem:
+        extra: dict = {}
+        if stage == "pretext":
+            model = ContrastiveModel(build_backbone(backbone, dc.channels), cfg.pretext.feature_dim).to(device).train()
+            forward = runtime.wrap(model)
+            view = make_view("simclr", dc)
+            opt = build_optimizer("sgd", model.parameters(), 0.1, cfg.pretext.weight_decay, 0.9)
+
+            def step() -> float:
+                aug[0] = 0.0
+                images = pool[draw(batch)]
+                with _aug_timer(device, aug):
+                    views = torch.cat([view(images), view(images)])
+                z = forward(views)
+                loss = nt_xent(z[:batch], z[batch:], cfg.pretext.temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return aug[0]
+
+        elif stage == "mine":
+            model = ContrastiveModel(build_backbone(backbone, dc.channels), cfg.pretext.feature_dim).to(device).eval()
+            forward = runtime.wrap(model if cfg.mine.features == "projection" else model.backbone)
+            view = make_view("weak", dc)
+
+            def step() -> float:
+                aug[0] = 0.0
+                images = pool[draw(batch)]
+                with torch.no_grad():
+                    with _aug_timer(device, aug):
+                        x = view(images)
+                    forward(x)
+                return aug[0]
+
+        elif stage in ("cluster", "cluster_head_only"):
+            backbone_net = build_backbone(backbone, dc.channels)
+            model = ClusteringModel(backbone_net, cfg.clusters, cfg.cluster.num_heads).to(device)
+            neighbors = torch.randint(len(pool), (len(pool), cfg.mine.k), device=device)
+            view, weak = make_view(cfg.cluster.augment, dc), make_view("weak", dc)
+            if stage == "cluster_head_only":
+                model.backbone.eval().requires_grad_(False)
+                features = torch.nn.functional.normalize(torch.randn(len(pool), backbone_net.out_dim, device=device), dim=1)
+                params = model.cluster_heads.parameters()
+            else:
+                model.train()
+                forward = runtime.wrap(model)
+                params = model.parameters()
+            opt = build_optimizer("adam", params, 1e-4, cfg.cluster.weight_decay, 0.9)
+
+            def step() -> float:
+                aug[0] = 0.0
+                idx = draw(batch)
+                nbr = neighbors[idx, torch.randint(neighbors.shape[1], (batch,), device=device)]
+                if stage == "cluster_head_only":
+                    logits = model.cluster_heads(torch.cat([features[idx], features[nbr]]))
+                else:
+                    with _aug_timer(device, aug):
+                        x = torch.cat([view(pool[idx]), view(pool[nbr])])
+                    logits = forward(x)
+                loss = sum(scan_loss(h[:batch], h[batch:], cfg.cluster.entropy_weight).total for h in logits)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return aug[0]
+
+        elif stage == "selflabel":
+            model = ClusteringModel(build_backbone(backbone, dc.channels), cfg.clusters, 1).to(device).train()
+            forward = runtime.wrap(model)
+            weak, strong = make_view("weak", dc), make_view(cfg.selflabel.augment, dc)
+            opt = build_optimizer("adam", model.parameters(), 1e-4, cfg.selflabel.weight_decay, 0.9)
+            # A threshold of 0 makes every sample confident, so every step does its full work.
+
+            def step() -> float:
+                aug[0] = 0.0
+                images = pool[draw(batch)]
+                with _aug_timer(device, aug):
+                    w = weak(images)
+                with torch.no_grad():
+                    weak_logits = forward(w)[0]
+                with _aug_timer(device, aug):
+                    s = strong(images)
+                result = confidence_ce(weak_logits, forward(s)[0], 0.0, True)
+                opt.zero_grad(set_to_none=True)
+                result.loss.backward()
+                opt.step()
+                return aug[0]
+
+        else:
+            raise ValueError(stage)
+        if stage == "cluster_head_only":
+            result = timed(step, **{**timing, "max_steps": 10_000})
+        else:
+            result = timed(step, **timing)
+
+        # What a default cluster epoch adds: the label-free validation over the selection split
+        # (train, N = 50k for CIFAR-10), in eval mode on the weak view.
+        if stage in ("cluster", "cluster_head_only"):
+            model.eval()
+            val_batch = cfg.mine.batch_size
+            if stage == "cluster":
+                n_val = min(len(pool), max(val_batch, args.val_images))
+                start = time.perf_counter()
+                infer(forward, pool[:n_val], weak, val_batch, device, batch_dim=1)
+                sync(device)
+                extra["val_images_per_s"] = round(n_val / (time.perf_counter() - start), 2)
+            else:
+                start = time.perf_counter()
+                with torch.no_grad():
+                    probs = model.cluster_heads(features).softmax(-1)
+                    for p in probs:
+                        validation_scan_loss(p, neighbors[:, : cfg.mine.val_k])
+                sync(device)
+                extra["val_images_per_s"] = round(len(pool) / (time.perf_counter() - start), 2)
+            n = 50_000
+            extra["epoch_s_50k"] = round(n / (batch / result["step_s"]) + n / extra["val_images_per_s"], 2)
+    line = stage_line(args, stage, backbone, batch, runtime, result, mem.mb)
+    line.update(extra)
+    return line
+
+
+# ---- mining ------------------------------------------------------------------------
+
+
+def run_mining(args, n: int, d: int) -> dict:
+    """Exact top-k (k = 20) self-search over n×d random features: ours and, when installed, faiss."""
+    device = args.device
+    feats = torch.randn(n, d, generator=torch.Generator().manual_seed(n + d)).to(device)
+    queries = min(n, args.mining_queries) if args.mining_queries else n
+    q = None if queries == n else feats[:queries]
+    line = {"benchmark": "mining", "stage": "mine", "device": device.type, "backbone": None, "batch": args.knn_chunk,
+            "n": n, "d": d, "k": args.k, "images_per_s": None, "augment_share": 0.0}
+    if queries != n:
+        # Queries are timed on a subset and scaled to all n (the search is linear in the queries);
+        # the subset still searches the whole database, so memory is the full search's.
+        line["timed_queries"] = queries
+    scale = n / queries
+    knn(feats[:4096], args.k, chunk=args.knn_chunk)  # warm-up: library start-up is not the search's memory
+    with PeakMemory(device) as mem:
+        sync(device)
+        start = time.perf_counter()
+        ours, _ = knn(feats, args.k, queries=q, chunk=args.knn_chunk)
+        sync(device)
+        line["seconds"] = round((time.perf_counter() - start) * scale, 3)
+    line["images_per_s"] = round(n / line["seconds"], 1)
+    line["peak_mb"] = round(mem.mb, 1)
+    line["faiss_seconds"] = None
+    if faiss_available() and not args.no_faiss:
+        cpu_feats = feats.cpu()
+        knn(cpu_feats[:4096], args.k, backend="faiss")
+        with PeakMemory(torch.device("cpu")) as fmem:
+            start = time.perf_counter()
+            theirs, _ = knn(cpu_feats, args.k, queries=None if q is None else cpu_feats[:queries], backend="faiss")
+            line["faiss_seconds"] = round((time.perf_counter() - start) * scale, 3)
+        line["faiss_peak_mb"] = round(fmem.mb, 1)
+        line["speed_vs_faiss"] = round(line["faiss_seconds"] / line["seconds"], 3)
+        line["same_neighbors"] = round((ours.cpu() == theirs).float().mean().item(), 5)
+    return line
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+
+
+def stage_batches(args, stage: str, backbone: str) -> list[int]:
+    if args.batch_size:
+        return [args.batch_size]
+    cfg = build_config(BACKBONE_PRESETS[backbone])
+    preset = {"pretext": cfg.pretext.batch_size, "mine": cfg.mine.batch_size, "cluster": cfg.cluster.batch_size,
+              "cluster_head_only": cfg.cluster.batch_size, "selflabel": cfg.selflabel.batch_size}[stage]
+    if args.device.type == "cuda" or backbone != "resnet18_cifar":
+        return [preset]
+    # ResNet-18 on CPU: batch 128 as the original's measurements; pretext also at 256 (the
+    # augmentation-share target); the mine pass at its preset batch.
+    if stage == "pretext":
+        return [128] if args.quick else [128, 256]
+    return [preset] if stage == "mine" else [128]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--batch-size", type=int, default=None, help="one batch size for every stage "
+                        "(default: the presets' on CUDA; 128 for ResNet-18 on CPU, and 256 too for pretext)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "true", "false"))
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    parser.add_argument("--quick", action="store_true",
+                        help="CPU subset: pretext and cluster (both backbones), mining at N=50k, d=128")
+    parser.add_argument("--only", nargs="+", default=None, choices=(*STAGES, "mining", "validation"))
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONE_PRESETS), choices=list(BACKBONE_PRESETS))
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--windows", type=int, default=3, help="timed windows (the median is reported)")
+    parser.add_argument("--window-s", type=float, default=2.0, help="aim for windows this long")
+    parser.add_argument("--max-steps", type=int, default=50, help="at most this many steps per window")
+    parser.add_argument("--pool", type=int, default=4096, help="synthetic images to draw batches from")
+    parser.add_argument("--val-images", type=int, default=1024, help="images timed for the cluster validation pass")
+    parser.add_argument("--mining-n", type=int, nargs="+", default=None)
+    parser.add_argument("--mining-d", type=int, nargs="+", default=None)
+    parser.add_argument("--mining-queries", type=int, default=None,
+                        help="time this many queries and scale to N (default: all, except 50k of N=200k on CPU)")
+    parser.add_argument("--knn-chunk", type=int, default=512)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--no-faiss", action="store_true")
+    parser.add_argument("--validation-n", type=int, nargs="+", default=[10_000, 50_000])
+    args = parser.parse_args(argv)
+    args.channels_last = {"auto": "auto", "true": True, "false": False}[args.channels_last]
+    args.device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                               "cpu" if args.device == "auto" else args.device)
+    if args.quick:
+        wanted = args.only or ["pretext", "cluster", "mining"]
+        args.mining_n, args.mining_d = args.mining_n or [50_000], args.mining_d or [128]
+    else:
+        wanted = args.only or [*STAGES, "mining", "validation"]
+        args.mining_n, args.mining_d = args.mining_n or [10_000, 50_000, 200_000], args.mining_d or [128, 512]
+
+    def emit(line: dict) -> None:
+        print(json.dumps(line), flush=True)
+
+    emit(machine(args.device))
+    for backbone in args.backbones:
+        for stage in STAGES:
+            if stage in wanted:
+                for batch in stage_batches(args, stage, backbone):
+                    emit(run_stage(args, stage, backbone, batch))
+    if "mining" in wanted:
+        for n in args.mining_n:
+            for d in args.mining_d:
+                sub = copy.copy(args)
+                if args.mining_queries is None and args.device.type == "cpu" and n > 50_000:
+                    sub.mining_queries = 50_000
+                emit(run_mining(sub, n, d))
+    if "validation" in wanted:
+        from validation_loss import measure
+
+        for n in args.validation_n:
+            emit(measure(n, args.device, "ours"))
+            if n <= 10_000:
+                emit(measure(n, args.device, "original_nxn"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
