@@ -108,12 +108,16 @@ class SelfLabelConfig:
 
 @dataclass
 class RuntimeConfig:
-    """How the network passes are computed, not what they compute: no stage's fingerprint depends
-    on these. `auto` means bf16 autocast and channels-last on CUDA, fp32 and contiguous on CPU."""
+    """How the network passes are computed and the images read, not what they compute: no stage's
+    fingerprint depends on these. `auto` means bf16 autocast and channels-last on CUDA, fp32 and
+    contiguous on CPU; file datasets are streamed from their decode cache (`stream`) when they do
+    not fit in memory, through `workers` DataLoader processes."""
 
     precision: str = "auto"
     channels_last: bool | str = "auto"
     compile: bool = False
+    stream: bool | str = "auto"
+    workers: int = 4
 
 
 @dataclass
@@ -297,8 +301,11 @@ def validate(cfg: RunConfig) -> None:
     if cfg.mine.backend == "faiss" and not faiss_available():
         raise ScanError(FAISS_MISSING)
     _check_choice("runtime.precision", cfg.runtime.precision, ("auto", "fp32", "bf16"))
-    if cfg.runtime.channels_last not in ("auto", True, False):
-        raise ScanError(f"runtime.channels_last must be one of auto, true, false; got {cfg.runtime.channels_last!r}")
+    for key in ("channels_last", "stream"):
+        if getattr(cfg.runtime, key) not in ("auto", True, False):
+            raise ScanError(f"runtime.{key} must be one of auto, true, false; got {getattr(cfg.runtime, key)!r}")
+    if cfg.runtime.workers < 0:
+        raise ScanError(f"runtime.workers must be 0 or more, got {cfg.runtime.workers}")
     _check_choice("cluster.optimizer", cfg.cluster.optimizer, OPTIMIZERS)
     _check_choice("selflabel.optimizer", cfg.selflabel.optimizer, OPTIMIZERS)
     _check_choice("cluster.augment", cfg.cluster.augment, VIEW_NAMES)

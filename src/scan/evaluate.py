@@ -10,6 +10,7 @@ from scan.checkpoint import RunDir, save_json
 from scan.config import RunConfig
 from scan.console import echo
 from scan.data.sources import ImageSplits, load_source
+from scan.data.stream import Images
 from scan.knn import neighbor_accuracy
 from scan.metrics import cluster_diagnostics, cluster_metrics, hungarian_match
 from scan.predict import ClusterModel
@@ -20,7 +21,7 @@ TABLE_KEYS = ("acc", "nmi", "ari", "ami", "top5", "acc_majority")
 DIAGNOSTIC_KEYS = ("confidence", "empty_clusters", "smallest_share", "largest_share")
 
 
-def predict_probs(run: RunDir, step: str, cfg: RunConfig, images: torch.Tensor, device: torch.device) -> np.ndarray:
+def predict_probs(run: RunDir, step: str, cfg: RunConfig, images: Images, device: torch.device) -> np.ndarray:
     """Cluster probabilities N×K of `step`'s exported model (its selected head) on uint8 images."""
     return ClusterModel(*load_exported_model(run.stage(step)), device).probs(images, cfg.mine.batch_size).numpy()
 
@@ -41,7 +42,7 @@ def matched_names(pred: np.ndarray, target: np.ndarray, num_clusters: int, data:
 
 def evaluate_run(run: RunDir, cfg: RunConfig, device: torch.device, data: ImageSplits | None = None) -> dict:
     """Compute and write RUN/metrics.json; print the metrics table. Labels are read here only."""
-    data = data if data is not None else load_source(cfg.data)
+    data = data if data is not None else load_source(cfg.data, cfg.runtime.stream)
     labelled = data.test_labels is not None
     metrics: dict = {}
     if run.done("mine").is_file() and data.train_labels is not None:

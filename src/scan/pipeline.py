@@ -75,7 +75,7 @@ def read_config(run: RunDir) -> RunConfig:
 
 def load_data(cfg: RunConfig) -> ImageSplits:
     """Load the images and check the config against their counts."""
-    data = load_source(cfg.data)
+    data = load_source(cfg.data, cfg.runtime.stream)
     n_train, n_test = len(data.train), len(data.test)
     if n_train == 0 or n_test == 0:
         raise ScanError(f"the dataset needs train and test images; got {n_train} train and {n_test} test")

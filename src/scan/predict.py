@@ -20,7 +20,8 @@ import torch
 
 from scan.checkpoint import RunDir
 from scan.data.augment import weak_view
-from scan.data.decode import cpu_workers, decode_files
+from scan.data.decode import decode_files
+from scan.data.stream import DiskImages, Images, cpu_workers
 from scan.data.folder import list_images
 from scan.data.splits import conform
 from scan.errors import ScanError
@@ -74,15 +75,18 @@ class ClusterModel:
         """The class each cluster was matched to by evaluation (None: unmatched), or None."""
         return self.card.get("cluster_names")
 
-    def _prepare(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """uint8 N×H×W, N×H×W×C or N×C×H×W at any size -> uint8 N×C×S×S as the model expects."""
+    def _prepare(self, images: torch.Tensor | np.ndarray | DiskImages) -> Images:
+        """uint8 N×H×W, N×H×W×C or N×C×H×W at any size -> uint8 N×C×S×S as the model expects.
+        DiskImages (a run's own streamed images) are at that size already and stay on disk."""
+        if isinstance(images, DiskImages):
+            return images
         return conform(images, self.card["input_size"], self.card["in_channels"])
 
     def features(self, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
         """Backbone features of uint8 images (any layout `conform` accepts): float32 N×D on CPU."""
         return infer(self.backbone, self._prepare(images), self._view, batch_size, self.device).cpu()
 
-    def probs(self, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    def probs(self, images: torch.Tensor | np.ndarray | DiskImages, batch_size: int = 256) -> torch.Tensor:
         """Cluster probabilities of uint8 images: float32 N×K on CPU."""
         return infer(self._softmax, self._prepare(images), self._view, batch_size, self.device).cpu()
 

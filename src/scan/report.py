@@ -312,7 +312,7 @@ def write_report(run_dir: str | Path, per_cluster: int = 16, device: str = "auto
     cfg = read_config(run)
     step = final_step(run)
     model = load(run.root, device)
-    data = data if data is not None else load_source(cfg.data)
+    data = data if data is not None else load_source(cfg.data, cfg.runtime.stream)
     echo(f"report: the {step} model on {len(data.train)} train and {len(data.test)} test images")
     assigned = {s: Assigned(*(t.numpy() for t in model.assign(data.images(s)))) for s in SPLITS}
     write_assignments(run.root / "assignments.csv", data, assigned)

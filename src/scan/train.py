@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from scan.checkpoint import RunDir, load_torch, rewrite_jsonl, save_torch
 from scan.config import RuntimeConfig
+from scan.data.stream import Images, image_batches
 from scan.errors import ScanError
 
 
@@ -115,6 +116,14 @@ def shuffled_batches(n: int, batch_size: int, device: torch.device, drop_last: b
         yield order[start:start + batch_size]
 
 
+def anchor_neighbor_batches(neighbors: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Index batches for the SCAN step: B shuffled anchors followed by one of each anchor's
+    neighbours, drawn uniformly (2B indices). neighbors: int64 N×k on `device`."""
+    for idx in shuffled_batches(len(neighbors), batch_size, device):
+        pick = torch.randint(neighbors.shape[1], (len(idx),), device=device)
+        yield torch.cat([idx, neighbors[idx, pick]])
+
+
 def ordered_batches(n: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
     """Index batches 0..n-1 in order, for inference."""
     for start in range(0, n, batch_size):
@@ -174,12 +183,14 @@ class Resumable:
 
 
 @torch.no_grad()
-def infer(fn, images: torch.Tensor, view, batch_size: int, device: torch.device, batch_dim: int = 0) -> torch.Tensor:
+def infer(fn, images: Images, view, batch_size: int, device: torch.device, batch_dim: int = 0,
+          workers: int = 4) -> torch.Tensor:
     """Apply `fn` to view(images) batch by batch, on `device`, without gradients.
 
-    images: uint8 N×C×H×W (any device); fn: float B×C×H×W -> outputs whose batch axis is
-    `batch_dim` (0 for B×D features, 1 for a ClusteringModel's heads×B×K logits). Returns the
-    outputs concatenated along that axis, on `device`.
+    images: uint8 N×C×H×W, a tensor on any device or DiskImages (streamed by `workers` loader
+    processes); fn: float B×C×H×W -> outputs whose batch axis is `batch_dim` (0 for B×D features,
+    1 for a ClusteringModel's heads×B×K logits). Returns the outputs concatenated along that axis,
+    on `device`.
     """
-    outputs = [fn(view(images[idx.to(images.device)].to(device))) for idx in ordered_batches(len(images), batch_size, device)]
-    return torch.cat(outputs, dim=batch_dim)
+    batches = image_batches(images, ordered_batches(len(images), batch_size, device), device, workers)
+    return torch.cat([fn(view(pixels)) for _, pixels in batches], dim=batch_dim)

@@ -1,9 +1,10 @@
-"""Decoding image files into one uint8 N×C×S×S tensor, once: DataLoader workers decode with
-Pillow, and the result is cached under the per-user cache folder so later runs and stages read
+"""Decoding image files into one uint8 N×C×S×S array, once: DataLoader workers decode with
+Pillow, straight into an .npy file under the per-user cache folder, so later runs and stages read
 raw pixels. Shared by the image-folder and ImageNet sources.
 
-Everything is held in memory; folders too large for that are not streamed (yet): `check_memory`
-refuses them with a clear error instead of letting the machine swap or the process be killed.
+The cached array is returned as `DiskImages` (memory-mapped); the pipeline loads it into memory
+when it fits and streams it batch by batch otherwise (scan.data.stream). Without room for the
+cache on disk, images are decoded into memory, which then has to hold them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scan.checkpoint import save_text
 from scan.console import echo, progress
+from scan.data.stream import DiskImages, Images
 from scan.errors import ScanError
 
 # Case-insensitive file extensions read as images; any other file is ignored silently.
@@ -28,6 +31,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 DECODE_VERSION = 1
 # Refuse to hold more than this share of the memory that is available now.
 MEMORY_SHARE = 0.8
+# Free disk to leave beyond the decoded cache itself.
+DISK_MARGIN = 256 * 2**20
 # Below this many files, worker start-up costs more than it saves.
 MIN_FILES_FOR_WORKERS = 256
 # Modes whose pixels are grey levels (everything else is converted to RGB).
@@ -44,15 +49,6 @@ def cache_root() -> Path:
 
 def is_image_file(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def cpu_workers(limit: int) -> int:
-    """DataLoader workers: up to `limit`, no more than the CPUs this process may use."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(limit, cpus))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,14 +70,18 @@ def available_memory() -> int | None:
         return None
 
 
-def check_memory(nbytes: int, what: str) -> None:
-    """Raise ScanError when `nbytes` exceed MEMORY_SHARE of the available memory (when known)."""
+def fits_in_memory(nbytes: int) -> bool:
+    """Whether `nbytes` stay within MEMORY_SHARE of the memory available now (True when unknown)."""
     available = available_memory()
-    if available is not None and nbytes > MEMORY_SHARE * available:
+    return available is None or nbytes <= MEMORY_SHARE * available
+
+
+def check_memory(nbytes: int, what: str, remedy: str = "lower data.size or use fewer images") -> None:
+    """Raise ScanError when `nbytes` exceed MEMORY_SHARE of the available memory (when known)."""
+    if not fits_in_memory(nbytes):
         raise ScanError(
             f"{what} needs {nbytes / 2**30:.1f} GiB as uint8 pixels, more than {MEMORY_SHARE:.0%} of the "
-            f"{available / 2**30:.1f} GiB of memory available; streaming from disk is not implemented, "
-            f"so lower data.size or use fewer images"
+            f"{available_memory() / 2**30:.1f} GiB of memory available; {remedy}"
         )
 
 
@@ -178,14 +178,15 @@ def _as_list(batch: list) -> list:
 
 
 def decode_files(paths: list[str], size: int, channels: int, crop: float = 1.0,
-                 workers: int = 4) -> tuple[torch.Tensor, list[int]]:
-    """Decode `paths` into one preallocated tensor.
+                 workers: int = 4, out: np.ndarray | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Decode `paths` into one preallocated array: `out` (uint8, at least len(paths)×channels×
+    size×size, e.g. a memory-mapped .npy file) or a new in-memory one.
 
     Returns (images, ok): uint8 K×channels×size×size for the K files that decoded, in the order
-    of `paths`, and the positions in `paths` of those K files.
+    of `paths` (the first K rows of `out` when given), and the positions in `paths` of those K files.
     """
     n = len(paths)
-    images = torch.empty((n, channels, size, size), dtype=torch.uint8)
+    images = torch.from_numpy(out) if out is not None else torch.empty((n, channels, size, size), dtype=torch.uint8)
     workers = workers if n >= MIN_FILES_FOR_WORKERS else 0
     loader = torch.utils.data.DataLoader(
         _FileDataset(paths, size, channels, crop), batch_size=32, shuffle=False,
@@ -208,7 +209,7 @@ def decode_files(paths: list[str], size: int, channels: int, crop: float = 1.0,
 class Decoded:
     """Pixels of the files that decoded, their ids, and the files that did not."""
 
-    images: torch.Tensor  # uint8 K×C×S×S
+    images: Images  # uint8 K×C×S×S: DiskImages over the cache file, or a tensor when not cached
     ids: list[str]  # K paths relative to the root, in sorted order
     skipped: list[str]  # relative paths of the files that could not be decoded
 
@@ -230,10 +231,13 @@ def cache_key(root: Path, files: list[str], size: int, channels: int, crop: floa
 
 def decode_cached(root: Path, files: list[str], size: int, channels: int, crop: float = 1.0,
                   workers: int = 4, what: str = "images") -> Decoded:
-    """Decode `files` (paths relative to `root`) once; later calls with the same files and
-    settings read the cached uint8 array from cache_root()/decoded/<key>.npy (+ .json).
+    """Decode `files` (paths relative to `root`) once, into cache_root()/decoded/<key>.npy (+ .json);
+    later calls with the same files and settings read that file. The images come back as
+    DiskImages over it, so no call needs memory for all of them.
 
-    Files that fail to decode are skipped and reported in one warning line, on every call.
+    Without room on disk for the cache, the files are decoded into memory instead (a ScanError when
+    that does not fit either). Files that fail to decode are skipped and reported in one warning
+    line, on every call.
     """
     key = cache_key(root, files, size, channels, crop)
     folder = cache_root() / "decoded"
@@ -242,10 +246,7 @@ def decode_cached(root: Path, files: list[str], size: int, channels: int, crop: 
     if decoded is None:
         echo(f"{what}: decoding {len(files)} images from {root} to {channels}×{size}×{size} "
              f"(once; cached in {folder})")
-        images, ok = decode_files([str(root / rel) for rel in files], size, channels, crop, workers)
-        kept = set(ok)
-        decoded = Decoded(images, [files[i] for i in ok], [rel for i, rel in enumerate(files) if i not in kept])
-        _write_cache(decoded, folder, npy, meta)
+        decoded = _decode_to_cache([str(root / rel) for rel in files], files, (size, channels, crop), workers, npy, meta)
     if decoded.skipped:
         shown = ", ".join(decoded.skipped[:3]) + (", ..." if len(decoded.skipped) > 3 else "")
         echo(f"warning: {what}: skipped {len(decoded.skipped)} unreadable image file(s) in {root}: {shown}")
@@ -258,29 +259,51 @@ def _read_cache(npy: Path, meta: Path) -> Decoded | None:
         return None
     try:
         info = json.loads(meta.read_text())
-        images = torch.from_numpy(np.load(npy, allow_pickle=False))
-    except (OSError, ValueError):
-        return None
-    if images.dtype != torch.uint8 or len(images) != len(info.get("ids", ())):
+        images = DiskImages(npy, length=len(info["ids"]))
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return Decoded(images, list(info["ids"]), list(info.get("skipped", [])))
 
 
-def _write_cache(decoded: Decoded, folder: Path, npy: Path, meta: Path) -> None:
-    """Write the .npy, then the .json that marks it complete, each atomically (temp + rename).
-    A cache that cannot be written (disk full, read-only home) only costs a decode next time."""
-    nbytes = decoded.images.numel()
+def _decode_to_cache(paths: list[str], files: list[str], settings: tuple[int, int, float], workers: int,
+                     npy: Path, meta: Path) -> Decoded:
+    """Decode into a memory-mapped temp .npy, then rename it and write the .json that marks it
+    complete (each atomically), so an interrupted decode never leaves a cache that looks whole.
+    Rows of files that failed stay at the end of the file, unused. A cache that cannot be written
+    (too little disk, read-only home) costs a decode into memory, and a decode next time."""
+    size, channels, crop = settings
+    shape = (len(paths), channels, size, size)
+    nbytes = int(np.prod(shape))
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if shutil.disk_usage(folder).free < 2 * nbytes:
-            echo(f"note: not caching decoded images ({nbytes / 2**30:.1f} GiB): too little free disk in {folder}")
-            return
-        tmp = npy.with_name(npy.name + f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, decoded.images.numpy(), allow_pickle=False)
-        os.replace(tmp, npy)
-        tmp = meta.with_name(meta.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"ids": decoded.ids, "skipped": decoded.skipped}))
-        os.replace(tmp, meta)
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(npy.parent).free
     except OSError as err:
-        print(f"scan: note: could not cache decoded images in {folder}: {err}", file=sys.stderr)
+        free, reason = 0, f"could not create {npy.parent}: {err}"
+    else:
+        reason = f"{nbytes / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free in {npy.parent}"
+    if free >= nbytes + DISK_MARGIN:
+        tmp = npy.with_name(npy.name + f".{os.getpid()}.tmp")
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            _, ok = decode_files(paths, size, channels, crop, workers, out=out)
+            out.flush()
+            del out
+            os.replace(tmp, npy)
+            ids, skipped = [files[i] for i in ok], _skipped(files, ok)
+            save_text(json.dumps({"ids": ids, "skipped": skipped}), meta)
+            return Decoded(DiskImages(npy, length=len(ok)), ids, skipped)
+        except OSError as err:
+            reason = f"could not write {npy.parent}: {err}"
+        finally:
+            tmp.unlink(missing_ok=True)  # gone after the rename; what an error or interrupt left
+    check_memory(nbytes, f"decoding without a cache ({reason})",
+                 remedy="free disk space in the cache folder (or point XDG_CACHE_HOME at a larger disk) so the "
+                        "decoded images can be streamed from there")
+    print(f"scan: note: not caching decoded images: {reason}", file=sys.stderr)
+    images, ok = decode_files(paths, size, channels, crop, workers)
+    return Decoded(images, [files[i] for i in ok], _skipped(files, ok))
+
+
+def _skipped(files: list[str], ok: list[int]) -> list[str]:
+    kept = set(ok)
+    return [rel for i, rel in enumerate(files) if i not in kept]

@@ -8,8 +8,8 @@ in a first-level sub-folder and there are at least two of them, those sub-folder
 A folder has no test split of its own: train and test are the same images, unless a test
 fraction is asked for (a seeded split, stratified when there are labels).
 
-Limit: the decoded images are held in memory (N×C×S×S bytes); a folder larger than 80 % of the
-available memory is refused with a ScanError, because streaming from disk is not implemented.
+The decoded images stay in the on-disk cache (scan.data.decode) until the pipeline loads them
+into memory, or streams them when they do not fit.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from scan.config import DataConfig
-from scan.data.decode import IMAGE_EXTENSIONS, check_memory, cpu_workers, decode_cached, is_image_file
-from scan.data.splits import ImageSplits
+from scan.data.decode import IMAGE_EXTENSIONS, decode_cached, is_image_file
+from scan.data.splits import ImageSplits, take
+from scan.data.stream import cpu_workers
 from scan.errors import ScanError
 
 LABEL_MODES = ("auto", "none")
@@ -82,7 +83,7 @@ def split_indices(n: int, labels: torch.Tensor | None, test_fraction: float, see
 def load_folder(path: str | Path, size: int, channels: int, labels: bool = True,
                 test_fraction: float = 0.0, seed: int = 0) -> ImageSplits:
     """Load an image folder as uint8 N×channels×size×size (short side resized to `size`, centre
-    crop), ids = relative paths in sorted order.
+    crop; DiskImages over the decode cache), ids = relative paths in sorted order.
 
     labels: detect labels from sub-folders (see the module docstring); False: no labels.
     test_fraction: 0 -> train and test are the same images (the same tensor); in (0, 1) -> that
@@ -99,8 +100,6 @@ def load_folder(path: str | Path, size: int, channels: int, labels: bool = True,
     if not files:
         raise ScanError(f"--data {path}: no image files in the folder or its sub-folders "
                         f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    check_memory(len(files) * channels * size * size,
-                 f"the folder {folder} ({len(files)} images at {channels}×{size}×{size})")
     decoded = decode_cached(folder, files, size, channels, crop=1.0, workers=cpu_workers(4), what="data")
     if not decoded.ids:
         raise ScanError(f"--data {path}: none of the {len(files)} image files could be read (first: {files[0]})")
@@ -112,7 +111,7 @@ def load_folder(path: str | Path, size: int, channels: int, labels: bool = True,
     train_idx, test_idx = split_indices(len(decoded.ids), y, test_fraction, seed)
     pick = torch.from_numpy
     return ImageSplits(
-        train=decoded.images[pick(train_idx)], test=decoded.images[pick(test_idx)],
+        train=take(decoded.images, train_idx), test=take(decoded.images, test_idx),
         train_labels=None if y is None else y[pick(train_idx)],
         test_labels=None if y is None else y[pick(test_idx)],
         classes=classes,

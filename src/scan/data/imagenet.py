@@ -19,9 +19,9 @@ side is resized to data.size, i.e. Resize(round(size/0.875)) + CenterCrop(size):
 size 224. DataLoader workers decode into one preallocated uint8 array, cached once decoded (see
 scan.data.decode: at 224 that is 150 KB per image on disk, about 10 GB for ImageNet-50 train).
 
-Limit: everything is held in memory, and streaming is not implemented: ImageNet-1k at 224 is
-about 190 GB of uint8 pixels, so it (or anything above 80 % of the available memory) is refused
-with a ScanError; lower data.size or use a subset.
+ImageNet-1k at 224 is about 190 GB of uint8 pixels: more than memory holds, so the pipeline
+streams it from the decode cache through DataLoader workers (scan.data.stream); the cache needs
+that much free disk.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 
 from scan.config import DataConfig
-from scan.data.decode import cache_root, check_memory, cpu_workers, decode_cached, is_image_file
+from scan.data.decode import cache_root, decode_cached, is_image_file
 from scan.data.splits import ImageSplits
+from scan.data.stream import Images, cpu_workers
 from scan.errors import ScanError
 
 SUBSETS = ("imagenet_50", "imagenet_100", "imagenet_200")
@@ -108,9 +109,7 @@ def load_imagenet(cfg: DataConfig, subset: str | None = None) -> ImageSplits:
         classes = list(wnids)
     listed = {split: list_split(root, split, wnids) for split in ("train", "val")}
     c, s = cfg.channels, cfg.size
-    total = sum(len(files) for files, _ in listed.values())
-    check_memory(total * c * s * s, f"{name} ({total} images at {c}×{s}×{s})")
-    out: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
+    out: dict[str, tuple[Images, torch.Tensor, list[str]]] = {}
     skipped: list[str] = []
     for split, (files, labels) in listed.items():
         if not files:

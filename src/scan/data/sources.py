@@ -24,6 +24,8 @@ import torch
 
 from scan.config import DataConfig
 from scan.data import folder, imagenet, torchvision_sources
+from scan.console import echo
+from scan.data.decode import check_memory, fits_in_memory
 from scan.data.splits import ImageSplits, conform
 from scan.errors import ScanError
 
@@ -113,11 +115,28 @@ SOURCES: dict[str, Source] = {
 }
 
 
-def load_source(cfg: DataConfig) -> ImageSplits:
-    """Look up `cfg.source` in the registry and load it."""
+def load_source(cfg: DataConfig, stream: bool | str = "auto") -> ImageSplits:
+    """Look up `cfg.source` in the registry and load it; a file source's images are then placed
+    in memory or left on disk to be streamed (see `place_images`; `stream` is runtime.stream)."""
     if cfg.source not in SOURCES:
         raise ScanError(f"unknown data source {cfg.source!r}; valid sources: {', '.join(SOURCES)}")
-    return SOURCES[cfg.source](cfg)
+    return place_images(SOURCES[cfg.source](cfg), stream)
+
+
+def place_images(data: ImageSplits, stream: bool | str) -> ImageSplits:
+    """Read a file source's decoded images into memory, or leave them on disk to be streamed:
+    stream=auto streams when they do not fit in memory (the decision is logged), True always,
+    False never (a ScanError when they do not fit)."""
+    if not data.streamed:
+        if stream is True:
+            echo("data: runtime.stream=true has no effect: this source's images are in memory already")
+        return data
+    size = f"{data.nbytes / 2**30:.2f} GiB"
+    if stream is True or (stream == "auto" and not fits_in_memory(data.nbytes)):
+        echo(f"data: streaming the decoded images ({size}) from the decode cache through DataLoader workers")
+        return data
+    check_memory(data.nbytes, "the decoded images", remedy="leave runtime.stream at auto (or true) to stream them from disk")
+    return data.in_memory()
 
 
 def data_path_settings(source: str, path: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ This module sits below every source module (`sources`, `folder`, `imagenet`,
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scan.data.stream import DiskImages, Images
 from scan.errors import ScanError
 
 
@@ -21,7 +23,8 @@ from scan.errors import ScanError
 class ImageSplits:
     """Train and test images of one dataset.
 
-    train, test: uint8 tensors N×C×H×W at the preset's base resolution.
+    train, test: uint8 N×C×H×W images at the preset's base resolution: tensors, or DiskImages
+        (the file sources' decode cache) until `in_memory()` loads them.
     train_labels, test_labels: int64 tensors N, or None when unknown (labels are for evaluation only).
     classes: class names in label order, or None.
     train_ids, test_ids: a stable id per image (a file path relative to the dataset folder), or
@@ -35,8 +38,8 @@ class ImageSplits:
         folder), so the run can record them.
     """
 
-    train: torch.Tensor
-    test: torch.Tensor
+    train: Images
+    test: Images
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     classes: list[str] | None = None
@@ -46,7 +49,7 @@ class ImageSplits:
     pretext_loader: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
     skipped: list[str] = field(default_factory=list)
 
-    def images(self, split: str) -> torch.Tensor:
+    def images(self, split: str) -> Images:
         return {"train": self.train, "test": self.test}[split]
 
     def labels(self, split: str) -> torch.Tensor | None:
@@ -68,7 +71,45 @@ class ImageSplits:
             extra = self.pretext_loader()
         if extra is None or len(extra) == 0:
             return self.train
+        if isinstance(self.train, DiskImages):
+            raise ScanError("pretext-only images cannot be added to streamed train images")
         return torch.cat([self.train, extra])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of train and test pixels (counted once when they are the same images)."""
+        return sum(images.nbytes if isinstance(images, DiskImages) else images.numel()
+                   for images in _distinct(self.train, self.test))
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, DiskImages) or isinstance(self.test, DiskImages)
+
+    def in_memory(self) -> ImageSplits:
+        """These splits with images on disk read into memory (train and test stay one tensor
+        when they are the same images)."""
+        if not self.streamed:
+            return self
+        train = _load(self.train)
+        test = train if self.test is self.train else _load(self.test)
+        return dataclasses.replace(self, train=train, test=test)
+
+
+def _load(images: Images) -> torch.Tensor:
+    return images.load() if isinstance(images, DiskImages) else images
+
+
+def _distinct(*items: Images) -> list[Images]:
+    out: list[Images] = []
+    for item in items:
+        if not any(item is seen for seen in out):
+            out.append(item)
+    return out
+
+
+def take(images: Images, index: np.ndarray) -> Images:
+    """The images at positions `index` (int array): a tensor or, for DiskImages, a view on disk."""
+    return images.subset(index) if isinstance(images, DiskImages) else images[torch.from_numpy(index)]
 
 
 def conform(images: np.ndarray | torch.Tensor, size: int, channels: int) -> torch.Tensor:

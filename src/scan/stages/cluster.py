@@ -11,19 +11,20 @@ from scan.checkpoint import RunDir
 from scan.config import RunConfig, fingerprint
 from scan.console import echo, progress
 from scan.data.sources import ImageSplits
+from scan.data.stream import image_batches, on_device
 from scan.data.views import make_view
 from scan.losses import scan_loss, validation_scan_loss
 from scan.models.heads import ClusteringModel
 from scan.stages.artifacts import load_features, load_neighbors, load_pretext_model, require, save_clustering_model
-from scan.train import Resumable, Runtime, build_optimizer, check_finite, infer, shuffled_batches
+from scan.train import Resumable, Runtime, anchor_neighbor_batches, build_optimizer, check_finite, infer
 
 
 def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.device) -> dict:
     """Train `cluster.num_heads` heads; write the best model to cluster/model.safetensors."""
     require(run, "mine", "cluster")
     cc = cfg.cluster
-    images = data.train.to(device)
-    select_images = data.images(cc.select_on).to(device)
+    images = on_device(data.train, device)
+    select_images = on_device(data.images(cc.select_on), device)
     neighbors, val_neighbors = (t.to(device) for t in load_neighbors(run))
     weak = make_view("weak", cfg.data)
     view = make_view(cc.augment, cfg.data)
@@ -38,9 +39,9 @@ def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
         if cfg.mine.features == "backbone":  # mining already embedded the train split
             features = load_features(run).to(device)
         else:
-            features = infer(embed, images, weak, cfg.mine.batch_size, device)
+            features = infer(embed, images, weak, cfg.mine.batch_size, device, workers=cfg.runtime.workers)
         select_features = features if cc.select_on == "train" else infer(
-            embed, select_images, weak, cfg.mine.batch_size, device)
+            embed, select_images, weak, cfg.mine.batch_size, device, workers=cfg.runtime.workers)
     else:
         forward = runtime.wrap(model)
     params = model.cluster_heads.parameters() if cc.update_head_only else model.parameters()
@@ -56,14 +57,17 @@ def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
         if not cc.update_head_only:
             model.train()
         sums = torch.zeros(3)
-        for idx in progress(shuffled_batches(len(images), cc.batch_size, device), steps, f"cluster {epoch + 1}"):
-            pick = torch.randint(neighbors.shape[1], (len(idx),), device=device)
-            nbr = neighbors[idx, pick]
+        pairs = anchor_neighbor_batches(neighbors, cc.batch_size, device)
+        # Head-only steps read cached features; the others read (or stream) the images.
+        batches = ((pair, None) for pair in pairs) if cc.update_head_only else image_batches(
+            images, pairs, device, cfg.runtime.workers)
+        for pair, pixels in progress(batches, steps, f"cluster {epoch + 1}"):
+            b = len(pair) // 2  # anchors, then one neighbour of each
             if cc.update_head_only:
-                logits = model.cluster_heads(torch.cat([features[idx], features[nbr]]))
+                logits = model.cluster_heads(features[pair])
             else:
-                logits = forward(torch.cat([view(images[idx]), view(images[nbr])]))
-            parts = [scan_loss(h[: len(idx)], h[len(idx):], cc.entropy_weight) for h in logits]
+                logits = forward(torch.cat([view(pixels[:b]), view(pixels[b:])]))
+            parts = [scan_loss(h[:b], h[b:], cc.entropy_weight) for h in logits]
             loss = sum(p.total for p in parts)
             check_finite(loss, "cluster", epoch)
             optimizer.zero_grad(set_to_none=True)
@@ -75,7 +79,8 @@ def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
         if cc.update_head_only:
             probs = model.cluster_heads(select_features).softmax(-1)
         else:
-            probs = infer(forward, select_images, weak, cfg.mine.batch_size, device, batch_dim=1).softmax(-1)
+            probs = infer(forward, select_images, weak, cfg.mine.batch_size, device, batch_dim=1,
+                          workers=cfg.runtime.workers).softmax(-1)
         val = [validation_scan_loss(p, val_neighbors, cc.select_entropy_weight) for p in probs]
         val_totals = [v.total.item() for v in val]
         head = min(range(len(val)), key=val_totals.__getitem__)

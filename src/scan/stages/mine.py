@@ -19,7 +19,7 @@ def embed(cfg: RunConfig, run: RunDir, images: torch.Tensor, device: torch.devic
     original does for SimCLR) or N×D backbone features (mine.features=backbone)."""
     model = load_pretext_model(run, cfg).to(device).eval()
     fn = Runtime.from_config(cfg.runtime, device).wrap(model if cfg.mine.features == "projection" else model.backbone)
-    return infer(fn, images, make_view("weak", cfg.data), cfg.mine.batch_size, device)
+    return infer(fn, images, make_view("weak", cfg.data), cfg.mine.batch_size, device, workers=cfg.runtime.workers)
 
 
 def run_mine(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.device) -> dict:

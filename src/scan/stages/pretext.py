@@ -10,6 +10,7 @@ from scan.checkpoint import RunDir
 from scan.config import RunConfig, fingerprint
 from scan.console import echo, progress
 from scan.data.sources import ImageSplits
+from scan.data.stream import image_batches, on_device
 from scan.data.views import make_view
 from scan.errors import ScanError
 from scan.losses import nt_xent
@@ -36,7 +37,7 @@ def run_pretext(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
     model.to(device)
     runtime = Runtime.from_config(cfg.runtime, device)
     forward = runtime.wrap(model)
-    images = data.pretext_images().to(device)
+    images = on_device(data.pretext_images(), device)
     view = make_view("simclr", cfg.data)
     optimizer = build_optimizer("sgd", model.parameters(), pc.lr, pc.weight_decay, pc.momentum)
     lrs = cosine_schedule(pc.lr, pc.epochs, pc.lr_decay_rate, pc.warmup_epochs)
@@ -49,8 +50,8 @@ def run_pretext(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
         set_lr(optimizer, lrs[epoch])
         model.train()
         total, count = 0.0, 0
-        for idx in progress(shuffled_batches(len(images), pc.batch_size, device), steps, f"pretext {epoch + 1}"):
-            batch = images[idx]
+        batches = image_batches(images, shuffled_batches(len(images), pc.batch_size, device), device, cfg.runtime.workers)
+        for idx, batch in progress(batches, steps, f"pretext {epoch + 1}"):
             z = forward(torch.cat([view(batch), view(batch)]))
             loss = nt_xent(z[: len(idx)], z[len(idx):], pc.temperature)
             check_finite(loss, "pretext", epoch)

@@ -12,6 +12,7 @@ from scan.checkpoint import RunDir
 from scan.config import RunConfig, fingerprint
 from scan.console import echo, progress
 from scan.data.sources import ImageSplits
+from scan.data.stream import image_batches, on_device
 from scan.data.views import make_view
 from scan.losses import confidence_ce
 from scan.stages.artifacts import load_clustering_model, require, save_clustering_model
@@ -32,7 +33,7 @@ def run_selflabel(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.
     """Fine-tune the selected cluster head and backbone; write selflabel/model.safetensors."""
     require(run, "cluster", "selflabel")
     sc = cfg.selflabel
-    images = data.train.to(device)
+    images = on_device(data.train, device)
     weak, strong = make_view("weak", cfg.data), make_view(sc.augment, cfg.data)
     model, head = load_clustering_model(run, "cluster")
     model.keep_head(head)
@@ -52,8 +53,8 @@ def run_selflabel(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.
         start = time.perf_counter()
         model.train()
         total, used, skipped, confident, seen = 0.0, 0, 0, 0, 0
-        for idx in progress(shuffled_batches(len(images), sc.batch_size, device), steps, f"selflabel {epoch + 1}"):
-            batch = images[idx]
+        batches = image_batches(images, shuffled_batches(len(images), sc.batch_size, device), device, cfg.runtime.workers)
+        for idx, batch in progress(batches, steps, f"selflabel {epoch + 1}"):
             # Train-mode BN on the weak pass, as in the original (its statistics update too).
             with torch.no_grad():
                 weak_logits = forward(weak(batch))[0]
