@@ -135,3 +135,24 @@ def test_head_only_clustering_keeps_the_backbone_frozen(tmp_path, features):
     for key, value in pretext.items():
         assert (clustered[f"backbone.{key}"] == value).all(), key
     assert metrics["cluster"]["acc"] > 0.3
+
+
+def test_cluster_restarts_keep_the_lowest_validation_loss_and_resume_across_a_restart(tmp_path, monkeypatch):
+    restarts = [*SHORT, "cluster.restarts=2"]
+    reference = run_pipeline(build_config("digits", overrides=restarts), out=tmp_path / "a")
+    history = [json.loads(line) for line in (tmp_path / "a" / "cluster" / "history.jsonl").read_text().splitlines()]
+    assert [r["restart"] for r in history] == [1, 1, 1, 2, 2, 2]
+    best = min(history, key=lambda r: min(r["val_loss"]))
+    summary = json.loads((tmp_path / "a" / "cluster" / "done.json").read_text())["summary"]
+    assert summary["best_loss"] == min(best["val_loss"]) and summary["best_restart"] == best["restart"]
+    assert summary["best_epoch"] == (best["epoch"] - 1) % 3 + 1
+    assert "(restart 2/2)" in (tmp_path / "a" / "log.txt").read_text()
+    # the second restart starts again from the pretext weights, not from the first one's
+    assert history[3]["loss"] > history[2]["loss"]
+
+    with monkeypatch.context() as m:
+        interrupt_after_saves(m, 4 + 3)  # after pretext and the first restart's last epoch
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(build_config("digits", overrides=restarts), out=tmp_path / "b")
+    resumed = run_pipeline(build_config("digits", overrides=restarts), out=tmp_path / "b")
+    assert without_timings(resumed) == without_timings(reference)

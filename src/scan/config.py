@@ -84,6 +84,11 @@ class ClusterConfig:
     weight_decay: float = 1e-4
     entropy_weight: float = 5.0
     num_heads: int = 1
+    # Train the whole step this many times from the pretext weights (new heads, the random stream
+    # continuing) and keep the lowest validation loss over all of them. With the full network
+    # trained, heads share one backbone and end in the same solution, so heads alone cannot escape
+    # a poor one; restarts can, and the label-free loss tells them apart (digits: benchmarks/README.md).
+    restarts: int = 1
     update_head_only: bool = False
     augment: str = "strong"
     select_on: str = "train"
@@ -317,7 +322,7 @@ def validate(cfg: RunConfig) -> None:
     _check_positive(cfg, [
         "data.size", "data.channels", "pretext.feature_dim", "pretext.batch_size",
         "pretext.lr", "pretext.temperature", "mine.k", "mine.val_k", "mine.batch_size",
-        "cluster.epochs", "cluster.batch_size", "cluster.lr", "cluster.num_heads",
+        "cluster.epochs", "cluster.batch_size", "cluster.lr", "cluster.num_heads", "cluster.restarts",
         "selflabel.batch_size", "selflabel.lr",
     ])
     if cfg.clusters < 2:

@@ -4,6 +4,7 @@ clusters should be balanced) and keep the (model, head) with the lowest label-fr
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
@@ -20,7 +21,8 @@ from scan.train import Resumable, Runtime, anchor_neighbor_batches, build_optimi
 
 
 def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.device) -> dict:
-    """Train `cluster.num_heads` heads; write the best model to cluster/model.safetensors."""
+    """Train `cluster.num_heads` heads, `cluster.restarts` times from the pretext weights; write
+    the (restart, epoch, head) with the lowest validation loss to cluster/model.safetensors."""
     require(run, "mine", "cluster")
     cc = cfg.cluster
     images = on_device(data.train, device)
@@ -29,31 +31,42 @@ def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
     weak = make_view("weak", cfg.data)
     view = make_view(cc.augment, cfg.data)
 
-    model = ClusteringModel(load_pretext_model(run, cfg).backbone, cfg.clusters, cc.num_heads).to(device)
     runtime = Runtime.from_config(cfg.runtime, device)
+
+    def fresh_start() -> tuple[ClusteringModel, Callable, torch.optim.Optimizer]:
+        """The pretext backbone with new heads, its forward function and optimiser."""
+        model = ClusteringModel(load_pretext_model(run, cfg).backbone, cfg.clusters, cc.num_heads).to(device)
+        if cc.update_head_only:
+            model.backbone.eval().requires_grad_(False)
+        forward = runtime.wrap(model.backbone if cc.update_head_only else model)
+        params = model.cluster_heads.parameters() if cc.update_head_only else model.parameters()
+        return model, forward, build_optimizer(cc.optimizer, params, cc.lr, cc.weight_decay, cc.momentum)
+
+    model, forward, optimizer = fresh_start()
     if cc.update_head_only:
         # A frozen backbone gives every image one fixed feature vector: compute it once and train
         # the linear heads on the cache (orders of magnitude faster than a backbone pass per step).
-        model.backbone.eval().requires_grad_(False)
-        embed = runtime.wrap(model.backbone)
         if cfg.mine.features == "backbone":  # mining already embedded the train split
             features = load_features(run).to(device)
         else:
-            features = infer(embed, images, weak, cfg.mine.batch_size, device, workers=cfg.runtime.workers)
+            features = infer(forward, images, weak, cfg.mine.batch_size, device, workers=cfg.runtime.workers)
         select_features = features if cc.select_on == "train" else infer(
-            embed, select_images, weak, cfg.mine.batch_size, device, workers=cfg.runtime.workers)
-    else:
-        forward = runtime.wrap(model)
-    params = model.cluster_heads.parameters() if cc.update_head_only else model.parameters()
-    optimizer = build_optimizer(cc.optimizer, params, cc.lr, cc.weight_decay, cc.momentum)
+            forward, select_images, weak, cfg.mine.batch_size, device, workers=cfg.runtime.workers)
     state = Resumable(run, "cluster", fingerprint(cfg, "cluster"), cfg.to_dict(), {"model": model, "optimizer": optimizer},
-                      extra={"best_loss": float("inf"), "best_head": 0, "best_epoch": 0})
+                      extra={"best_loss": float("inf"), "best_head": 0, "best_epoch": 0, "best_restart": 1})
+    total = cc.epochs * cc.restarts
     if state.restore():
-        echo(f"cluster: resuming after epoch {state.epoch}/{cc.epochs}")
+        echo(f"cluster: resuming after epoch {state.epoch}/{total}")
 
     steps = max(1, len(images) // cc.batch_size)
-    for epoch in range(state.epoch, cc.epochs):
+    for epoch in range(state.epoch, total):
         start = time.perf_counter()
+        restart = epoch // cc.epochs
+        if epoch % cc.epochs == 0 and epoch > 0:
+            # Another restart: the full SCAN step again from the pretext weights, with new heads
+            # and the random stream where the last one stopped; the selection spans all restarts.
+            model, forward, optimizer = fresh_start()
+            state.modules.update(model=model, optimizer=optimizer)
         if not cc.update_head_only:
             model.train()
         sums = torch.zeros(3)
@@ -86,7 +99,8 @@ def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
         head = min(range(len(val)), key=val_totals.__getitem__)
         improved = val_totals[head] < state.extra["best_loss"]
         if improved:
-            state.extra.update(best_loss=val_totals[head], best_head=head, best_epoch=epoch + 1)
+            state.extra.update(best_loss=val_totals[head], best_head=head, best_epoch=epoch % cc.epochs + 1,
+                               best_restart=restart + 1)
             save_clustering_model(run, "cluster", model, cfg, head)
         mean = (sums / steps).tolist()
         record = {
@@ -94,9 +108,11 @@ def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
             "val_loss": val_totals, "val_consistency": [v.consistency.item() for v in val],
             "val_entropy": [v.entropy.item() for v in val], "head": head, "seconds": time.perf_counter() - start,
         }
+        if cc.restarts > 1:
+            record["restart"] = restart + 1
         state.history.append(record)
         state.epoch = epoch + 1
         state.save()
-        echo(f"cluster epoch {epoch + 1}/{cc.epochs}  loss {mean[0]:.4f} (consistency {mean[1]:.4f}, entropy {mean[2]:.4f})"
+        echo(f"cluster epoch {epoch + 1}/{total}{f' (restart {restart + 1}/{cc.restarts})' if cc.restarts > 1 else ''}  loss {mean[0]:.4f} (consistency {mean[1]:.4f}, entropy {mean[2]:.4f})"
              f"  val loss {val_totals[head]:.4f} head {head}{' *best*' if improved else ''}  {record['seconds']:.1f}s")
     return dict(state.extra)
