@@ -1,5 +1,5 @@
 # Set-up uses pip only: torch 2.14.1 / torchvision 0.29.1 install from local disk on the project's
-# machines (see DEVELOPERS.md); an unpinned torch would pull a multi-GB build over the network.
+# machines (see README.md); an unpinned torch would pull a multi-GB build over the network.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
