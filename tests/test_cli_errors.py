@@ -215,3 +215,13 @@ def test_data_root_is_another_name_for_data(tmp_path, capsys):
     missing = tmp_path / "nowhere.txt"
     assert main(["run", "--data-root", str(missing), "--out", str(tmp_path / "run")]) != 0
     assert f"--data {missing}: no such folder or file" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_stops_quietly():
+    """`scan presets | head -1`: no BrokenPipeError traceback when the reader goes away."""
+    import subprocess
+    import sys
+
+    reader = subprocess.run(f"{sys.executable} -m scan presets | head -c 10", shell=True,
+                            capture_output=True, text=True, timeout=120)
+    assert len(reader.stdout) == 10 and reader.stderr == ""
