@@ -19,7 +19,7 @@ from scan.data import decode
 from scan.data.folder import load_folder
 from scan.data.sources import load_source, place_images
 from scan.data.splits import ImageSplits
-from scan.data.stream import DiskImages, image_batches
+from scan.data.stream import DiskImages, image_batches, on_device
 from scan.errors import ScanError
 from scan.train import anchor_neighbor_batches, shuffled_batches
 from test_folder_run import TINY, shapes  # noqa: F401 - the generated image folder fixture
@@ -172,3 +172,18 @@ def test_a_streamed_run_equals_an_in_memory_run(shapes, tmp_path, capsys):  # no
     a, b = (load_file(tmp_path / run / "pretext/backbone.safetensors") for run in ("memory", "workers"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert np.array_equal(np.load(tmp_path / "memory/mine/neighbors.npy"), np.load(tmp_path / "workers/mine/neighbors.npy"))
+
+
+def test_images_too_large_for_the_gpu_stay_on_the_host(monkeypatch):
+    images = torch.zeros(10, 3, 4, 4, dtype=torch.uint8)  # 480 bytes
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (900, 10**9))  # half: 450 < 480
+    assert on_device(images, torch.device("cuda")) is images
+    assert on_device(images, torch.device("cpu")) is images
+    batches = list(image_batches(images, [torch.tensor([3, 1])], torch.device("cpu")))
+    assert torch.equal(batches[0][1], images[[3, 1]])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_images_that_fit_move_to_the_gpu():
+    images = torch.zeros(10, 3, 4, 4, dtype=torch.uint8)
+    assert on_device(images, torch.device("cuda")).device.type == "cuda"

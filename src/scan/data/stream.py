@@ -20,6 +20,9 @@ import numpy as np
 import torch
 
 
+# The largest share of a GPU's free memory that a dataset may take when moved there whole; the
+# rest is for the model, its activations and the optimiser.
+GPU_SHARE = 0.5
 # Batches each worker reads ahead of the training step.
 PREFETCH_BATCHES = 4
 
@@ -97,8 +100,14 @@ Images = torch.Tensor | DiskImages
 
 
 def on_device(images: Images, device: torch.device) -> Images:
-    """In-memory images moved to `device`; images on disk stay there (they are streamed)."""
-    return images if isinstance(images, DiskImages) else images.to(device)
+    """In-memory images moved to `device` when they fit in GPU_SHARE of its free memory (always on
+    CPU); otherwise they stay where they are and each batch is indexed there and copied over, as
+    images on disk are streamed."""
+    if isinstance(images, DiskImages) or images.device == device:
+        return images
+    if device.type == "cuda" and images.numel() * images.element_size() > GPU_SHARE * torch.cuda.mem_get_info(device)[0]:
+        return images
+    return images.to(device)
 
 
 class _Rows(torch.utils.data.Dataset):
