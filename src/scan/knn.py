@@ -1,6 +1,6 @@
 """Exact cosine k-nearest neighbours with a chunked top-k: memory O(chunk·N + N·k) (the chunk
 block capped at 256 MB), never N×N.
-faiss (`pip install scan-clustering[faiss]`) can do the same search when asked for."""
+faiss (`pip install faiss-cpu`, or this package's `faiss` extra) can do the same search when asked for."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from scan.errors import ScanError
 
 BACKENDS = ("torch", "faiss")
 FAISS_MISSING = ("mine.backend=faiss needs faiss, which is not installed: pip install faiss-cpu "
-                 "(or scan-clustering[faiss]), or use mine.backend=torch")
+                 "(or this package's faiss extra), or use mine.backend=torch")
 
 
 @torch.no_grad()
