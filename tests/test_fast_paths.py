@@ -22,6 +22,7 @@ from scan.models.backbones import build_backbone
 from scan.models.heads import ClusteringModel, ContrastiveModel
 from scan.pipeline import commit_config, open_run
 from scan.train import Runtime
+from test_knn import brute_force
 
 CPU = torch.device("cpu")
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss is not installed (pip install faiss-cpu)")
@@ -34,20 +35,10 @@ def _runtime(**kwargs) -> Runtime:
 # ---- the blocked top-k of the torch backend (tests/test_knn.py covers the plain path) ----------
 
 
-def _brute_force(feats: np.ndarray, k: int, queries: np.ndarray | None = None):
-    db = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-    q = db if queries is None else queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    sim = q @ db.T
-    if queries is None:
-        np.fill_diagonal(sim, -np.inf)
-    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(sim, order, 1)
-
-
 def _assert_exact_up_to_near_ties(idx, sim, feats, queries=None, k=20):
     """Values equal the float64 brute force; every index has the similarity returned for it; rows
     whose indices differ from the brute force do so only among values within fp32 rounding."""
-    expected_idx, expected_sim = _brute_force(feats, k, queries)
+    expected_idx, expected_sim = brute_force(feats, k, queries)
     np.testing.assert_allclose(sim.numpy(), expected_sim, atol=1e-5)
     db = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     q = db if queries is None else queries / np.linalg.norm(queries, axis=1, keepdims=True)
@@ -58,7 +49,7 @@ def _assert_exact_up_to_near_ties(idx, sim, feats, queries=None, k=20):
 
 
 @pytest.mark.parametrize("n, chunk", [(3000, 512), (3001, 97), (4000, 10_000)])
-def test_blocked_knn_equals_brute_force(n, chunk):
+def test_blocked_knn_equalsbrute_force(n, chunk):
     feats = np.random.default_rng(n).normal(size=(n, 16))
     idx, sim = knn(torch.tensor(feats, dtype=torch.float32), k=20, chunk=chunk)
     _assert_exact_up_to_near_ties(idx, sim, feats)
@@ -70,7 +61,7 @@ def test_blocked_knn_equals_brute_force(n, chunk):
 def test_blocked_knn_with_many_exact_duplicates_keeps_the_values():
     feats = np.random.default_rng(0).normal(size=(2600, 4))
     feats[100:160] = feats[5]  # 61 copies of one direction: more equal neighbours than k
-    _, expected_sim = _brute_force(feats, k=20)
+    _, expected_sim = brute_force(feats, k=20)
     idx, sim = knn(torch.tensor(feats, dtype=torch.float32), k=20)
     np.testing.assert_allclose(sim.numpy(), expected_sim, atol=1e-5)
     assert not (idx == torch.arange(2600)[:, None]).any()

@@ -9,7 +9,7 @@ import torch
 from scan.knn import knn, neighbor_accuracy
 
 
-def _brute_force(features: np.ndarray, k: int, queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def brute_force(features: np.ndarray, k: int, queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Full cosine similarity in float64; self matches removed by putting −inf on the diagonal."""
     db = features / np.linalg.norm(features, axis=1, keepdims=True)
     q = db if queries is None else queries / np.linalg.norm(queries, axis=1, keepdims=True)
@@ -27,7 +27,7 @@ def _features(n: int = 37, d: int = 6, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("chunk", [2048, 37, 10, 7, 1])
 def test_knn_equals_brute_force_for_any_chunk(chunk):
     feats = _features()
-    expected_idx, expected_sim = _brute_force(feats, k=5)
+    expected_idx, expected_sim = brute_force(feats, k=5)
     idx, sim = knn(torch.tensor(feats, dtype=torch.float32), k=5, chunk=chunk)
     assert idx.dtype == torch.int64 and sim.dtype == torch.float32
     assert idx.shape == (37, 5)
@@ -60,7 +60,7 @@ def test_knn_with_separate_queries(chunk):
     feats = _features(25, 6, seed=4)
     queries = _features(8, 6, seed=5)
     queries[2] = feats[11] * 3.0  # a query equal (in direction) to a database row: found, not excluded
-    expected_idx, expected_sim = _brute_force(feats, k=4, queries=queries)
+    expected_idx, expected_sim = brute_force(feats, k=4, queries=queries)
     idx, sim = knn(torch.tensor(feats, dtype=torch.float32), k=4,
                    queries=torch.tensor(queries, dtype=torch.float32), chunk=chunk)
     assert idx.shape == (8, 4)

@@ -78,8 +78,8 @@ class ImageSplits:
     @property
     def nbytes(self) -> int:
         """Bytes of train and test pixels (counted once when they are the same images)."""
-        return sum(images.nbytes if isinstance(images, DiskImages) else images.numel()
-                   for images in _distinct(self.train, self.test))
+        train = _nbytes(self.train)
+        return train if self.test is self.train else train + _nbytes(self.test)
 
     @property
     def streamed(self) -> bool:
@@ -99,12 +99,8 @@ def _load(images: Images) -> torch.Tensor:
     return images.load() if isinstance(images, DiskImages) else images
 
 
-def _distinct(*items: Images) -> list[Images]:
-    out: list[Images] = []
-    for item in items:
-        if not any(item is seen for seen in out):
-            out.append(item)
-    return out
+def _nbytes(images: Images) -> int:
+    return images.nbytes if isinstance(images, DiskImages) else images.numel()
 
 
 def take(images: Images, index: np.ndarray) -> Images:

@@ -51,7 +51,6 @@ class DiskImages:
         if array.dtype != np.uint8 or array.ndim != 4 or (len(self.rows) and self.rows.max() >= len(array)):
             raise ValueError(f"{self.path} is not a uint8 N×C×H×W array with {len(self.rows)} rows")
         self.shape = torch.Size((len(self.rows), *array.shape[1:]))
-        self.dtype = torch.uint8
         self._array: np.ndarray | None = None  # opened lazily in each process (workers too)
 
     def _open(self) -> np.ndarray:
@@ -80,10 +79,7 @@ class DiskImages:
 
     def subset(self, index: np.ndarray) -> DiskImages:
         """The images at positions `index` (int array), still on disk."""
-        view = DiskImages.__new__(DiskImages)
-        view.path, view.rows, view.dtype, view._array = self.path, self.rows[np.asarray(index)], self.dtype, None
-        view.shape = torch.Size((len(view.rows), *self.shape[1:]))
-        return view
+        return DiskImages(self.path, rows=self.rows[np.asarray(index)])
 
     def load(self) -> torch.Tensor:
         """All the images as one in-memory uint8 N×C×H×W tensor."""
@@ -118,9 +114,6 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return index, self.images[index]
-
-    def __len__(self) -> int:
-        return len(self.images)
 
 
 def image_batches(images: Images, index_batches: Iterable[torch.Tensor], device: torch.device,
