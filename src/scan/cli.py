@@ -7,8 +7,8 @@ import os
 import sys
 
 from scan.errors import ScanError
+from scan.stage_table import STAGE_NAMES as STAGE_COMMANDS
 
-STAGE_COMMANDS = ("pretext", "mine", "cluster", "selflabel")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -84,17 +84,12 @@ def _run(ns: argparse.Namespace) -> None:
 
 
 def _stage(ns: argparse.Namespace) -> None:
-    from scan.console import echo
-    from scan.pipeline import commit_config, load_data, open_run, run_stage
-    from scan.train import resolve_device
+    from scan.pipeline import distributed_errors, run_stage, start_run
 
     cfg = _config(ns)
-    run = open_run(cfg, ns.out, ns.force)
-    device = resolve_device(cfg.device)
-    echo(f"run: {run.root}, stage {ns.command} (device {device})")
-    data = load_data(cfg)
-    commit_config(run, cfg, data)
-    run_stage(ns.command, cfg, run, data, device, rerun=ns.force)
+    with distributed_errors():
+        ctx, run, data = start_run(cfg, ns.out, ns.force)
+        run_stage(ctx, ns.command, cfg, run, data, rerun=ns.force)
 
 
 def _evaluate(ns: argparse.Namespace) -> None:
@@ -105,7 +100,7 @@ def _evaluate(ns: argparse.Namespace) -> None:
     from scan.console import set_log_file
     from scan.evaluate import evaluate_run
     from scan.pipeline import read_config
-    from scan.train import resolve_device
+    from scan.training.context import resolve_device
 
     if ns.model is not None:
         from scan.zoo import evaluate_checkpoint
