@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,12 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 
 from scan.errors import ScanError
+
+# torch 2.x marks the autograd collectives of torch.distributed.nn as deprecated in favour of the
+# private torch.distributed._functional_collectives; the public ones still work and are tested
+# here (tests/test_distributed.py), so their warning is not shown to users.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_(gather|reduce) is deprecated",
+                        category=FutureWarning)
 
 # Longest wait in one collective: ranks idle at a barrier while rank 0 alone decodes a folder into
 # the cache (hours for ImageNet), mines neighbours, trains head-only heads or evaluates. A rank that

@@ -142,13 +142,25 @@ def run_pipeline(cfg: RunConfig, out: str | Path | None = None, force: bool = Fa
         return ctx.dist.broadcast(metrics)
 
 
+# What gloo and NCCL say when a peer process is gone (their errors inside autograd's backward
+# arrive as plain RuntimeErrors).
+LOST_PEER_MESSAGES = ("Connection reset by peer", "Connection closed by peer", "gloo/transport", "NCCL error",
+                      "ProcessGroupNCCL", "ProcessGroupGloo")
+
+
+def lost_peer(err: BaseException) -> bool:
+    return torch.distributed.is_initialized() and any(m in str(err) for m in LOST_PEER_MESSAGES)
+
+
 @contextmanager
 def distributed_errors() -> Iterator[None]:
     """Turn a failed collective (another rank died or was stopped) into one line, and leave the
     process group on the way out."""
     try:
         yield
-    except torch.distributed.DistError as err:
+    except RuntimeError as err:  # DistError, or a collective failing inside autograd's backward
+        if not (isinstance(err, torch.distributed.DistError) or lost_peer(err)):
+            raise
         raise ScanError(f"another process of this launch stopped ({str(err).splitlines()[0][:200]}); "
                         "finished epochs are checkpointed: run the same command again to resume") from None
     finally:
