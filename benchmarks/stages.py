@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 
 from scan.config import RuntimeConfig, build_config
+from scan.data.stream import cpu_workers
 from scan.data.views import make_view
 from scan.knn import faiss_available, knn
 from scan.losses import validation_scan_loss
@@ -292,6 +293,51 @@ def run_stage(args, stage: str, backbone: str, batch: int) -> dict:
     return line
 
 
+def run_baseline(args, stage: str, backbone: str, batch: int, ours: dict) -> dict:
+    """The original-style step of `stage` (benchmarks/original_style.py) with the same model and
+    batch, timed by the same harness right after ours, and the ratios of the two: per step, and
+    per CIFAR-10 epoch (50,000 train images) with the passes each adds after an epoch."""
+    import original_style as orig
+
+    cfg = build_config(BACKBONE_PRESETS[backbone])
+    dc = cfg.data
+    torch.manual_seed(0)
+    pool = torch.randint(0, 256, (args.pool, dc.channels, dc.size, dc.size), dtype=torch.uint8)
+    workers = cpu_workers(8)  # the original's 8 loader workers, at most the CPUs here
+    timing = dict(device=torch.device("cpu"), warmup=args.warmup, windows=args.windows, window_s=args.window_s,
+                  max_steps=args.max_steps)
+    n, n_test = 50_000, 10_000
+    if stage == "pretext":
+        model = ContrastiveModel(build_backbone(backbone, dc.channels), cfg.pretext.feature_dim).train()
+        opt = build_optimizer("sgd", model.parameters(), 0.1, cfg.pretext.weight_decay, 0.9)
+        view = orig.simclr_transform(dc)
+        batches = orig.Batches(orig.loader(orig.PILImages(pool, [view, view]), batch, workers))
+        result = timed(orig.simclr_step(model, opt, batches, cfg.pretext.temperature), **timing)
+        eval_rate = orig.eval_images_per_s(model, pool, dc, cfg.mine.batch_size, workers, min(len(pool), args.val_images))
+        # The kNN monitoring pass after every epoch: the train split embedded, then the test split
+        # (whose embedding the monitoring also needs) searched against it.
+        extra_s = (n + n_test) / eval_rate + orig.knn_monitor_seconds(n, n_test, cfg.pretext.feature_dim)
+        ours_epoch = n / ours["images_per_s"]
+    else:
+        model = ClusteringModel(build_backbone(backbone, dc.channels), cfg.clusters, cfg.cluster.num_heads).train()
+        opt = build_optimizer("adam", model.parameters(), 1e-4, cfg.cluster.weight_decay, 0.9)
+        neighbors = torch.randint(len(pool), (len(pool), cfg.mine.k))
+        batches = orig.Batches(orig.loader(orig.PILImages(pool, [orig.strong_transform(dc)], neighbors), batch, workers))
+        result = timed(orig.scan_step(model, opt, batches, cfg.cluster.entropy_weight), **timing)
+        eval_rate = orig.eval_images_per_s(model, pool, dc, cfg.mine.batch_size, workers, min(len(pool), args.val_images))
+        # The original validates on the test split (10,000 images) with an N×N matrix per head;
+        # ours (epoch_s_50k) includes its own default validation pass over the 50,000 train images.
+        extra_s = n_test / eval_rate + orig.nxn_validation_seconds(n_test, cfg.clusters, cfg.cluster.num_heads)
+        ours_epoch = ours["epoch_s_50k"]
+    rate = batch / result["step_s"]
+    epoch = n / rate + extra_s
+    return {"benchmark": "baseline", "stage": stage, "impl": "original_style", "device": "cpu", "backbone": backbone,
+            "batch": batch, "workers": workers, "images_per_s": round(rate, 2),
+            "loader_wait_share": round(result["augment_share"], 4), "epoch_s_50k": round(epoch, 1),
+            "ours_images_per_s": ours["images_per_s"], "ours_epoch_s_50k": round(ours_epoch, 1),
+            "step_ratio": round(ours["images_per_s"] / rate, 3), "epoch_ratio": round(epoch / ours_epoch, 3)}
+
+
 # ---- mining ------------------------------------------------------------------------
 
 
@@ -374,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--knn-chunk", type=int, default=512)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--no-faiss", action="store_true")
+    parser.add_argument("--baseline", action="store_true", help="also time the original-style pretext and SCAN "
+                        "steps (benchmarks/original_style.py) right after ours, and print the ratios (CPU)")
     parser.add_argument("--validation-n", type=int, nargs="+", default=[10_000, 50_000])
     args = parser.parse_args(argv)
     args.channels_last = {"auto": "auto", "true": True, "false": False}[args.channels_last]
@@ -394,7 +442,10 @@ def main(argv: list[str] | None = None) -> None:
         for stage in STAGES:
             if stage in wanted:
                 for batch in stage_batches(args, stage, backbone):
-                    emit(run_stage(args, stage, backbone, batch))
+                    line = run_stage(args, stage, backbone, batch)
+                    emit(line)
+                    if args.baseline and stage in ("pretext", "cluster") and args.device.type == "cpu":
+                        emit(run_baseline(args, stage, backbone, batch, line))
     if "mining" in wanted:
         for n in args.mining_n:
             for d in args.mining_d:
