@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from scan.diagnose import cluster_doubts, neighbor_agreement, neighbor_exchange, split_pairs, split_warning
+import json
+
+from scan.checkpoint import RunDir
+from scan.config import build_config
+from scan.diagnose import (best_validation_loss, cluster_doubts, neighbor_agreement, neighbor_exchange,
+                           poor_solution_warning, split_pairs, split_warning)
 
 
 def test_neighbour_exchange_counts_where_each_clusters_neighbours_land():
@@ -41,3 +46,24 @@ def test_cluster_doubts_name_the_reasons():
     assert [(p.a, p.b) for p in doubts.pairs] == [(1, 2)]
     assert any("cluster 2" in r for r in doubts.reasons[1]) and any("cluster 1" in r for r in doubts.reasons[2])
     assert cluster_doubts(clusters, confidence, 4, None).pairs == []
+
+
+def test_poor_solution_warning_uses_the_digits_threshold_on_digits_only():
+    digits = build_config("digits")
+    assert poor_solution_warning(digits, -2.245) is None  # a good run (seed 0, 2 threads: -2.245)
+    line = poor_solution_warning(digits, -2.209)  # the 1s-and-8s outcome
+    assert "-2.209 is above -2.23" in line and "cluster.restarts=3" in line
+    assert "another --seed" in poor_solution_warning(build_config("digits", overrides=["cluster.restarts=3"]), -2.22)
+    assert poor_solution_warning(build_config("digits", clusters=20), -2.0) is None  # another K
+    assert poor_solution_warning(build_config("mnist"), -2.0) is None  # no threshold known
+    assert poor_solution_warning(digits, None) is None
+
+
+def test_best_validation_loss_from_done_json_else_history(tmp_path):
+    run = RunDir(tmp_path)
+    assert best_validation_loss(run) is None
+    run.stage("cluster").mkdir()
+    run.history("cluster").write_text('{"val_loss": [-1.5, -2.1]}\nbroken\n{"val_loss": -1.9}\n')
+    assert best_validation_loss(run) == -2.1
+    run.done("cluster").write_text(json.dumps({"summary": {"best_loss": -2.2}}))
+    assert best_validation_loss(run) == -2.2

@@ -143,34 +143,40 @@ def closing_block(out, cfg, metrics: dict, seconds: float) -> None:
                       for k in keys if k in values)
     lines = ["", f"finished in {seconds:.0f} s: {out}",
              f"  {step} model, test split{'' if labelled else ' (no labels: label-free diagnostics)'}: {shown}"]
-    warning = _split_warning(out, cfg)
-    if warning:
-        lines.append(f"  {warning}")
+    lines += [f"  {w}" for w in run_warnings(out, cfg) if w]
     lines += ["next:",
               f"  scan report {out}                 the clusters as an HTML page ({out}/report/index.html)",
               f"  scan predict {out} IMAGES...      clusters of new image files or folders, as CSV"]
     echo("\n".join(lines))
 
 
-def _split_warning(out, cfg) -> str | None:
-    """The split/merge hint of the final model on the train split (scan.diagnose)."""
+def run_warnings(out, cfg) -> list[str | None]:
+    """The label-free warnings of a finished run (scan.diagnose): a validation loss that shows a
+    poor solution, and the split/merge hint of the final model on the train split."""
     from pathlib import Path
 
+    from scan.checkpoint import RunDir
+    from scan.diagnose import best_validation_loss, poor_solution_warning
+
+    run = RunDir(Path(out))
+    return [poor_solution_warning(cfg, best_validation_loss(run)), _split_warning(run, cfg)]
+
+
+def _split_warning(run, cfg) -> str | None:
     import numpy as np
 
-    from scan.checkpoint import RunDir
     from scan.data.sources import load_source
     from scan.diagnose import neighbor_exchange, split_pairs, split_warning
     from scan.predict import load
 
-    path = RunDir(Path(out)).stage("mine") / "neighbors.npy"
+    path = run.stage("mine") / "neighbors.npy"
     if not path.is_file() or np.load(path, mmap_mode="r").shape[0] > CLOSING_MAX_TRAIN:
         return None
     neighbors = np.load(path)
     data = load_source(cfg.data, cfg.runtime.stream)
     if len(data.train) != neighbors.shape[0]:
         return None
-    model = load(out, cfg.device)
+    model = load(run.root, cfg.device)
     clusters = model.assign(data.train)[0].numpy()
     return split_warning(split_pairs(neighbor_exchange(clusters, neighbors, model.num_clusters)))
 

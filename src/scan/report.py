@@ -29,8 +29,8 @@ from scan.checkpoint import STAGES, RunDir
 from scan.config import RunConfig
 from scan.console import echo
 from scan.data.sources import ImageSplits, load_source
-from scan.diagnose import (AGREEMENT_SPREAD, LOW_CONFIDENCE, SPLIT_SHARE, ClusterDoubts, cluster_doubts,
-                           load_train_neighbors, split_warning)
+from scan.diagnose import (AGREEMENT_SPREAD, LOW_CONFIDENCE, SPLIT_SHARE, ClusterDoubts, best_validation_loss,
+                           cluster_doubts, load_train_neighbors, poor_solution_warning, split_warning)
 from scan.errors import ScanError
 from scan.featuremap import MAX_THUMBS, feature_map_html, pick_points
 from scan.evaluate import TABLE_KEYS, matched_names, num_classes
@@ -414,7 +414,8 @@ def write_report(run_dir: str | Path, per_cluster: int = 16, device: str = "auto
     doubts = cluster_doubts(train.clusters, train.confidence, k, load_train_neighbors(run, len(data.train)))
     for v in views:
         v.flags = doubts.reasons[v.index] + v.flags
-    sections = [_header(run, cfg, data, step, model), _metrics_section(run, data), _look_section(views, doubts),
+    poor = poor_solution_warning(cfg, best_validation_loss(run))
+    sections = [_header(run, cfg, data, step, model), _metrics_section(run, data), _look_section(views, doubts, poor),
                 _sizes_section(sizes), _curves_section(run, folder), _map_section(folder, model, data, train, views),
                 confusion, _neighbor_section(run, folder, data), _summary_section(views)]
     pages = [views[p:p + PER_PAGE] for p in range(0, k, PER_PAGE)]
@@ -598,7 +599,7 @@ def _summary_section(views: list[ClusterView]) -> str:
             + _table(header, rows, numeric=(1, 2)) + "</details>")
 
 
-def _look_section(views: list[ClusterView], doubts: ClusterDoubts) -> str:
+def _look_section(views: list[ClusterView], doubts: ClusterDoubts, poor: str | None) -> str:
     """What the cluster numbers mean, and the clusters worth a look first, with their reasons."""
     labelled = any(v.composition is not None for v in views)
     legend = ("<p>Cluster numbers are the model's own. " + (
@@ -606,6 +607,7 @@ def _look_section(views: list[ClusterView], doubts: ClusterDoubts) -> str:
         "which, e.g. <i>Cluster 3 · class 7</i>, and the table at the end lists both." if labelled else
         "Without labels no cluster has a class name.") + "</p>")
     flagged = [v for v in views if v.flags]
+    legend += f'<p class="warn">{_e(poor)}</p>' if poor else ""
     rules = (f"Flagged from the model alone: mean confidence under {LOW_CONFIDENCE}, neighbour agreement (share of an "
              f"image's mined neighbours in its own cluster) with a standard deviation over {AGREEMENT_SPREAD}, or "
              f"two clusters that share {SPLIT_SHARE:.0%} or more of their neighbours (one class split in two)"
