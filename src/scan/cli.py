@@ -8,9 +8,15 @@ import difflib
 import os
 import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scan import __version__
 from scan.errors import ScanError
+
+if TYPE_CHECKING:  # imported lazily at run time: `scan --version` and `scan help` stay fast
+    from scan.checkpoint import RunDir
+    from scan.config import RunConfig
 
 STAGE_COMMANDS = ("pretext", "mine", "cluster", "selflabel")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -129,7 +135,7 @@ METRIC_NAMES = {"acc": "ACC", "nmi": "NMI", "ari": "ARI", "confidence": "mean co
 CLOSING_MAX_TRAIN = 100_000
 
 
-def closing_block(out, cfg, metrics: dict, seconds: float) -> None:
+def closing_block(out: Path, cfg: RunConfig, metrics: dict, seconds: float) -> None:
     """What `scan run` prints last: the final step's test metrics (label-free diagnostics when
     there are no labels), a warning when clusters look like one class split in two, the run
     folder and the commands that come next."""
@@ -150,11 +156,9 @@ def closing_block(out, cfg, metrics: dict, seconds: float) -> None:
     echo("\n".join(lines))
 
 
-def run_warnings(out, cfg) -> list[str | None]:
+def run_warnings(out: Path, cfg: RunConfig) -> list[str | None]:
     """The label-free warnings of a finished run (scan.diagnose): a validation loss that shows a
     poor solution, and the split/merge hint of the final model on the train split."""
-    from pathlib import Path
-
     from scan.checkpoint import RunDir
     from scan.diagnose import best_validation_loss, poor_solution_warning
 
@@ -162,7 +166,7 @@ def run_warnings(out, cfg) -> list[str | None]:
     return [poor_solution_warning(cfg, best_validation_loss(run)), _split_warning(run, cfg)]
 
 
-def _split_warning(run, cfg) -> str | None:
+def _split_warning(run: RunDir, cfg: RunConfig) -> str | None:
     import numpy as np
 
     from scan.data.sources import load_source
@@ -223,8 +227,6 @@ def _config_command(ns: argparse.Namespace) -> None:
 
 
 def _evaluate(ns: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from scan.checkpoint import RunDir
     from scan.config import preset_names
     from scan.console import set_log_file
