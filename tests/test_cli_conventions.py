@@ -147,3 +147,31 @@ def test_busy_cores_note():
     assert busy_cores_note(threads=1, cores=2, load=1.9) is None
     note = busy_cores_note(threads=2, cores=2, load=1.4)
     assert "2 threads" in note and "only 1 of 2 cores" in note and "OMP_NUM_THREADS=1" in note
+
+
+def test_closing_block_without_labels_shows_label_free_diagnostics(capsys, tmp_path):
+    from scan.cli import closing_block
+
+    metrics = {"cluster": {"confidence": 0.95}, "selflabel": {"confidence": 0.9, "empty_clusters": 0,
+                                                              "smallest_share": 0.05, "largest_share": 0.2}}
+    closing_block(tmp_path / "run", build_config("digits"), metrics, 12.3)
+    out = capsys.readouterr().out
+    assert f"finished in 12 s: {tmp_path / 'run'}" in out
+    assert ("selflabel model, test split (no labels: label-free diagnostics): mean confidence 0.900, "
+            "empty clusters 0, smallest cluster share 0.050, largest cluster share 0.200") in out
+    assert "warning" not in out  # no cluster stage and no neighbours in this folder: nothing to judge
+
+
+def test_stage_progress_is_a_bar_on_a_terminal_only(monkeypatch):
+    import io
+
+    from scan.console import stage_progress
+
+    assert stage_progress("pretext", 100) is None  # pytest captures stderr: not a terminal
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True
+    monkeypatch.setattr("sys.stderr", terminal)
+    bar = stage_progress("pretext", 100, done_steps=40)
+    bar.update(10)
+    assert bar.n == 50 and bar.total == 100 and bar.desc == "pretext"
+    bar.close()
