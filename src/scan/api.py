@@ -74,10 +74,12 @@ def _is_file_list(x: Any) -> bool:
                                           and all(isinstance(p, (str, Path)) for p in x))
 
 
-def _write_training_images(x: Any, cfg: RunConfig, folder: Path) -> dict[str, Any]:
+def _write_training_images(x: Any, folder: Path) -> dict[str, Any]:
     """Store the images of `fit(X)` where the run's config can name them, and return the data
-    settings that read them: an .npz of the array (train = test = all of X, no labels), or,
-    for files, a folder of links to them that the folder source reads."""
+    settings that read them: an .npy of the array for the `array` source (train = test = all of
+    X, no labels), or, for files, a folder of links to them, in order, for the folder source.
+    Both are named by a hash of their content, so the same X maps to the same config, and are
+    written under a temporary name first, so an interrupted write is never taken for a whole one."""
     if _is_file_list(x):
         from scan.predict import find_images
 
@@ -85,10 +87,13 @@ def _write_training_images(x: Any, cfg: RunConfig, folder: Path) -> dict[str, An
         digest = hashlib.sha256("\n".join(str(Path(p).resolve()) for p in paths).encode()).hexdigest()[:16]
         images = folder / f"files-{digest}"
         if not images.is_dir():
-            images.mkdir(parents=True)
+            partial = folder / f"files-{digest}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
             width = len(str(len(paths)))
             for i, p in enumerate(paths):
-                (images / f"{i:0{width}d}{Path(p).suffix.lower()}").symlink_to(Path(p).resolve())
+                (partial / f"{i:0{width}d}{Path(p).suffix.lower()}").symlink_to(Path(p).resolve())
+            partial.rename(images)
         return {"source": "folder", "path": str(images), "labels": "none"}
     from scan.data.arrays import as_uint8
 
@@ -99,7 +104,9 @@ def _write_training_images(x: Any, cfg: RunConfig, folder: Path) -> dict[str, An
     path = folder / f"arrays-{digest}.npy"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(path, images)
+        partial = folder / f"arrays-{digest}.partial.npy"
+        np.save(partial, images)
+        partial.replace(path)
     return {"source": "array", "path": str(path)}
 
 
@@ -175,7 +182,7 @@ class SCAN:
         else:
             self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="scan-")
             root = Path(self._tmp.name)
-        settings = _write_training_images(X, cfg, root / "inputs")
+        settings = _write_training_images(X, root / "inputs")
         cfg.data = dataclasses.replace(cfg.data, **settings)
         validate(cfg)
         run_pipeline(cfg, out=root, force=True)
