@@ -25,10 +25,13 @@ def run(
     the metrics dict of metrics.json. For a model back, use `scan.SCAN(...).fit(X)`."""
     from scan.api import resolve_out
     from scan.config import build_config
+    from scan.console import warn_busy_cores
     from scan.pipeline import run_pipeline
 
     cfg = build_config(preset, overrides=overrides, data=data, clusters=clusters, seed=seed, device=device)
-    return run_pipeline(cfg, out=resolve_out(cfg, out, force), force=force)
+    out = resolve_out(cfg, out, force)
+    warn_busy_cores()
+    return run_pipeline(cfg, out=out, force=force)
 
 
 from scan.api import SCAN, load  # noqa: E402 - after __version__, which the CLI imports

@@ -17,7 +17,7 @@ import itertools
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -174,6 +174,7 @@ class SCAN:
         import dataclasses
 
         from scan.config import validate
+        from scan.console import warn_busy_cores
         from scan.pipeline import run_pipeline
 
         cfg = self.config()
@@ -185,6 +186,7 @@ class SCAN:
         settings = _write_training_images(X, root / "inputs")
         cfg.data = dataclasses.replace(cfg.data, **settings)
         validate(cfg)
+        warn_busy_cores()
         run_pipeline(cfg, out=root, force=True)
         self._load(root)
         self.labels_ = self.predict(X)
