@@ -138,7 +138,7 @@ def test_run_ends_with_metrics_folder_and_next_commands(capsys):
     assert "selflabel model, test split: ACC " in tail and "NMI" in tail
     assert "scan report runs/digits" in tail and "scan predict runs/digits IMAGES..." in tail
     # two epochs leave a poor model, and the closing block says so with the remedy
-    assert "settled in a poor solution; rerun with cluster.restarts=3" in tail
+    assert "settled in a poor solution ended: rerun with cluster.restarts=3" in tail
     assert tail in Path("runs/digits/log.txt").read_text()
 
 

@@ -53,7 +53,7 @@ def test_poor_solution_warning_uses_the_digits_threshold_on_digits_only():
     assert poor_solution_warning(digits, -2.234) is None  # the closest good run (seed 3, one thread)
     line = poor_solution_warning(digits, -2.209)  # the 1s-and-8s outcome
     assert "-2.209 is above -2.227" in line and "cluster.restarts=3" in line
-    assert "another --seed" in poor_solution_warning(build_config("digits", overrides=["cluster.restarts=3"]), -2.22)
+    assert "more cluster.restarts" in poor_solution_warning(build_config("digits", overrides=["cluster.restarts=3"]), -2.22)
     assert poor_solution_warning(build_config("digits", clusters=20), -2.0) is None  # another K
     assert poor_solution_warning(build_config("mnist"), -2.0) is None  # no threshold known
     assert poor_solution_warning(digits, None) is None
