@@ -43,18 +43,20 @@ import torch
 from scan.config import RuntimeConfig, build_config
 from scan.data.views import make_view
 from scan.knn import faiss_available, knn
-from scan.losses import confidence_ce, nt_xent, scan_loss, validation_scan_loss
+from scan.losses import validation_scan_loss
 from scan.models.backbones import build_backbone
 from scan.models.heads import ClusteringModel, ContrastiveModel
-from scan.train import Runtime, build_optimizer, infer
+from scan.stages.cluster import FullNetwork, HeadsOnFeatures, scan_step
+from scan.stages.pretext import simclr_step
+from scan.stages.selflabel import selflabel_step
+from scan.training.batches import infer
+from scan.training.context import RunContext, Runtime
+from scan.training.loop import train_step
+from scan.training.optim import build_optimizer
 
 STAGES = ("pretext", "mine", "cluster", "cluster_head_only", "selflabel")
 # backbone -> the preset whose data and stage settings it is measured with
 BACKBONE_PRESETS = {"resnet18_cifar": "cifar10", "small_cnn": "digits"}
-# The original implementation on the 2-core CPU of the issue (ResNet-18 CIFAR stem, batch 128).
-ORIGINAL = {"pretext_images_per_s": 12.3, "cluster_images_per_s": 15.0, "validation_10k_s": 138.0,
-            "validation_10k_mb": 381.0, "faiss_50k_128_s": 7.0}
-
 
 # ---- measuring ----------------------------------------------------------------------------------
 
@@ -178,10 +180,23 @@ def stage_line(args, stage: str, backbone: str, batch: int, runtime: Runtime, re
     return line
 
 
+def timed_view(view: Callable[[torch.Tensor], torch.Tensor], device: torch.device, box: list[float]) -> Callable:
+    """`view` that adds its own (synchronised) time to box[0]."""
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with _aug_timer(device, box):
+            return view(images)
+
+    return run
+
+
 def run_stage(args, stage: str, backbone: str, batch: int) -> dict:
+    """Time the stage's own step function (scan.stages.*), through the training loop's own
+    optimiser step (scan.training.loop.train_step), on synthetic images."""
     cfg = build_config(BACKBONE_PRESETS[backbone], device=args.device.type)
     dc, device = cfg.data, args.device
     runtime = Runtime.from_config(RuntimeConfig(args.precision, args.channels_last, args.compile), device)
+    ctx = RunContext(runtime)
     torch.manual_seed(0)
     pool = torch.randint(0, 256, (args.pool, dc.channels, dc.size, dc.size), dtype=torch.uint8).to(device)
     timing = dict(device=device, warmup=args.warmup, windows=args.windows, window_s=args.window_s, max_steps=args.max_steps)
@@ -190,119 +205,86 @@ def run_stage(args, stage: str, backbone: str, batch: int) -> dict:
     def draw(n: int) -> torch.Tensor:
         return torch.randint(len(pool), (n,), device=device)
 
+    def fresh_backbone() -> torch.nn.Module:
+        return build_backbone(backbone, dc.channels)
+
     with PeakMemory(device) as mem:
         extra: dict = {}
-        if stage == "pretext":
-            model = ContrastiveModel(build_backbone(backbone, dc.channels), cfg.pretext.feature_dim).to(device).train()
-            forward = runtime.wrap(model)
-            view = make_view("simclr", dc)
-            opt = build_optimizer("sgd", model.parameters(), 0.1, cfg.pretext.weight_decay, 0.9)
+        if stage == "mine":
+            model = ContrastiveModel(fresh_backbone(), cfg.pretext.feature_dim).to(device).eval()
+            net = runtime.prepare(model if cfg.mine.features == "projection" else model.backbone)
+            view = timed_view(make_view("weak", dc), device, aug)
 
             def step() -> float:
                 aug[0] = 0.0
-                images = pool[draw(batch)]
-                with _aug_timer(device, aug):
-                    views = torch.cat([view(images), view(images)])
-                z = forward(views)
-                loss = nt_xent(z[:batch], z[batch:], cfg.pretext.temperature)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                return aug[0]
-
-        elif stage == "mine":
-            model = ContrastiveModel(build_backbone(backbone, dc.channels), cfg.pretext.feature_dim).to(device).eval()
-            forward = runtime.wrap(model if cfg.mine.features == "projection" else model.backbone)
-            view = make_view("weak", dc)
-
-            def step() -> float:
-                aug[0] = 0.0
-                images = pool[draw(batch)]
-                with torch.no_grad():
-                    with _aug_timer(device, aug):
-                        x = view(images)
-                    forward(x)
-                return aug[0]
-
-        elif stage in ("cluster", "cluster_head_only"):
-            backbone_net = build_backbone(backbone, dc.channels)
-            model = ClusteringModel(backbone_net, cfg.clusters, cfg.cluster.num_heads).to(device)
-            neighbors = torch.randint(len(pool), (len(pool), cfg.mine.k), device=device)
-            view, weak = make_view(cfg.cluster.augment, dc), make_view("weak", dc)
-            if stage == "cluster_head_only":
-                model.backbone.eval().requires_grad_(False)
-                features = torch.nn.functional.normalize(torch.randn(len(pool), backbone_net.out_dim, device=device), dim=1)
-                params = model.cluster_heads.parameters()
-            else:
-                model.train()
-                forward = runtime.wrap(model)
-                params = model.parameters()
-            opt = build_optimizer("adam", params, 1e-4, cfg.cluster.weight_decay, 0.9)
-
-            def step() -> float:
-                aug[0] = 0.0
-                idx = draw(batch)
-                nbr = neighbors[idx, torch.randint(neighbors.shape[1], (batch,), device=device)]
-                if stage == "cluster_head_only":
-                    logits = model.cluster_heads(torch.cat([features[idx], features[nbr]]))
-                else:
-                    with _aug_timer(device, aug):
-                        x = torch.cat([view(pool[idx]), view(pool[nbr])])
-                    logits = forward(x)
-                loss = sum(scan_loss(h[:batch], h[batch:], cfg.cluster.entropy_weight).total for h in logits)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                return aug[0]
-
-        elif stage == "selflabel":
-            model = ClusteringModel(build_backbone(backbone, dc.channels), cfg.clusters, 1).to(device).train()
-            forward = runtime.wrap(model)
-            weak, strong = make_view("weak", dc), make_view(cfg.selflabel.augment, dc)
-            opt = build_optimizer("adam", model.parameters(), 1e-4, cfg.selflabel.weight_decay, 0.9)
-            # A threshold of 0 makes every sample confident, so every step does its full work.
-
-            def step() -> float:
-                aug[0] = 0.0
-                images = pool[draw(batch)]
-                with _aug_timer(device, aug):
-                    w = weak(images)
-                with torch.no_grad():
-                    weak_logits = forward(w)[0]
-                with _aug_timer(device, aug):
-                    s = strong(images)
-                result = confidence_ce(weak_logits, forward(s)[0], 0.0, True)
-                opt.zero_grad(set_to_none=True)
-                result.loss.backward()
-                opt.step()
+                infer(lambda x: runtime.forward(net, x), pool[draw(batch)], view, batch, device)
                 return aug[0]
 
         else:
-            raise ValueError(stage)
+            if stage == "pretext":
+                model = ContrastiveModel(fresh_backbone(), cfg.pretext.feature_dim).to(device).train()
+                opt = build_optimizer("sgd", model.parameters(), 0.1, cfg.pretext.weight_decay, 0.9)
+                stage_step = simclr_step(ctx, ctx.prepare(model), timed_view(make_view("simclr", dc), device, aug),
+                                         cfg.pretext.temperature)
+
+                def make_batch():
+                    idx = draw(batch)
+                    return idx, pool[idx]
+
+            elif stage in ("cluster", "cluster_head_only"):
+                neighbors = torch.randint(len(pool), (len(pool), cfg.mine.k), device=device)
+                if stage == "cluster_head_only":
+                    features = torch.nn.functional.normalize(torch.randn(len(pool), fresh_backbone().out_dim), dim=1)
+                    mode = HeadsOnFeatures(ctx, cfg, features, features, fresh_backbone)
+                else:
+                    mode = FullNetwork(ctx, cfg, pool, pool[: max(cfg.mine.batch_size, args.val_images)], fresh_backbone)
+                model, opt = mode.fresh()
+                mode.train_mode()
+                if stage == "cluster":
+                    mode.view = timed_view(mode.view, device, aug)
+                stage_step = scan_step(ctx, mode, cfg.cluster.entropy_weight)
+
+                def make_batch():
+                    idx = draw(batch)
+                    pair = torch.cat([idx, neighbors[idx, torch.randint(neighbors.shape[1], (batch,), device=device)]])
+                    return pair if stage == "cluster_head_only" else (pair, pool[pair])
+
+            elif stage == "selflabel":
+                model = ClusteringModel(fresh_backbone(), cfg.clusters, 1).to(device).train()
+                opt = build_optimizer("adam", model.parameters(), 1e-4, cfg.selflabel.weight_decay, 0.9)
+                # A threshold of 0 makes every sample confident, so every step does its full work.
+                stage_step = selflabel_step(ctx, ctx.prepare(model), timed_view(make_view("weak", dc), device, aug),
+                                            timed_view(make_view(cfg.selflabel.augment, dc), device, aug), 0.0, True)
+
+                def make_batch():
+                    idx = draw(batch)
+                    return idx, pool[idx]
+
+            else:
+                raise ValueError(stage)
+
+            def step() -> float:
+                aug[0] = 0.0
+                train_step(ctx, stage_step, opt, make_batch(), stage)
+                return aug[0]
+
         if stage == "cluster_head_only":
             result = timed(step, **{**timing, "max_steps": 10_000})
         else:
             result = timed(step, **timing)
 
         # What a default cluster epoch adds: the label-free validation over the selection split
-        # (train, N = 50k for CIFAR-10), in eval mode on the weak view.
+        # (train, N = 50k for CIFAR-10), the stage's own pass, in eval mode on the weak view.
         if stage in ("cluster", "cluster_head_only"):
             model.eval()
-            val_batch = cfg.mine.batch_size
-            if stage == "cluster":
-                n_val = min(len(pool), max(val_batch, args.val_images))
-                start = time.perf_counter()
-                infer(forward, pool[:n_val], weak, val_batch, device, batch_dim=1)
-                sync(device)
-                extra["val_images_per_s"] = round(n_val / (time.perf_counter() - start), 2)
-            else:
-                start = time.perf_counter()
-                with torch.no_grad():
-                    probs = model.cluster_heads(features).softmax(-1)
-                    for p in probs:
-                        validation_scan_loss(p, neighbors[:, : cfg.mine.val_k])
-                sync(device)
-                extra["val_images_per_s"] = round(len(pool) / (time.perf_counter() - start), 2)
+            n_val = len(mode.select_images) if stage == "cluster" else len(pool)
+            start = time.perf_counter()
+            probs = mode.select_probs()
+            if stage == "cluster_head_only":
+                for p in probs:
+                    validation_scan_loss(p, neighbors[:, : cfg.mine.val_k])
+            sync(device)
+            extra["val_images_per_s"] = round(n_val / (time.perf_counter() - start), 2)
             n = 50_000
             extra["epoch_s_50k"] = round(n / (batch / result["step_s"]) + n / extra["val_images_per_s"], 2)
     line = stage_line(args, stage, backbone, batch, runtime, result, mem.mb)

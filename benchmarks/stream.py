@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from scan.data.stream import DiskImages, image_batches
-from scan.train import shuffled_batches
+from scan.training.batches import shuffled_batches
+from scan.training.context import RunContext, Runtime
 
 
 def rss_anon_mb() -> float:
@@ -58,11 +59,11 @@ def epoch(images, batch: int, workers: int) -> tuple[float, float]:
     one (first-call costs). Each epoch starts its own workers, as a stage's epoch does."""
     device = torch.device("cpu")
     torch.manual_seed(0)
-    for _ in image_batches(images, shuffled_batches(len(images), batch, device), device, workers):
+    for _ in image_batches(images, shuffled_batches(RunContext(Runtime(device)), len(images), batch), device, workers):
         pass
     with PeakSampler() as peak:
         start = time.perf_counter()
-        count = sum(len(pixels) for _, pixels in image_batches(images, shuffled_batches(len(images), batch, device), device, workers))
+        count = sum(len(pixels) for _, pixels in image_batches(images, shuffled_batches(RunContext(Runtime(device)), len(images), batch), device, workers))
         seconds = time.perf_counter() - start
     return count / seconds, peak.peak
 

@@ -14,7 +14,7 @@ import scan
 from scan.errors import ScanError
 
 # TINY_RUN of conftest as estimator parameters, on 300 digits: a few seconds.
-TINY = dict(pretext__epochs=2, cluster__epochs=2, selflabel__epochs=1, cluster__num_heads=2)
+TINY = dict(pretext__epochs=2, cluster__epochs=2, selflabel__epochs=1, selflabel__min_confident=0, cluster__num_heads=2)
 
 
 @pytest.fixture(scope="module")

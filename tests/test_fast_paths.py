@@ -21,7 +21,7 @@ from scan.losses import nt_xent, scan_loss
 from scan.models.backbones import build_backbone
 from scan.models.heads import ClusteringModel, ContrastiveModel
 from scan.pipeline import commit_config, open_run
-from scan.train import Runtime
+from scan.training.context import Runtime
 from test_knn import brute_force
 
 CPU = torch.device("cpu")
@@ -167,8 +167,7 @@ def _fixed_batch(size: int, n: int = 16) -> torch.Tensor:
 
 def _pretext_loss_and_grads(model: ContrastiveModel, rt: Runtime, x: torch.Tensor):
     model = copy.deepcopy(model)
-    forward = rt.wrap(model)
-    z = forward(x)
+    z = rt.forward(rt.prepare(model), x)
     assert z.dtype == torch.float32
     loss = nt_xent(z[: len(x) // 2], z[len(x) // 2:], 0.5)
     loss.backward()
@@ -211,7 +210,7 @@ def test_bf16_autocast_gives_the_fp32_scan_loss_within_tolerance():
     x = _fixed_batch(8, n=32)
 
     def loss_of(rt: Runtime) -> float:
-        logits = rt.wrap(copy.deepcopy(model))(x)
+        logits = rt.forward(rt.prepare(copy.deepcopy(model)), x)
         return sum(scan_loss(h[:16], h[16:], 5.0).total for h in logits).item()
 
     assert loss_of(_runtime(precision="bf16", channels_last=True)) == pytest.approx(
@@ -224,7 +223,7 @@ COMPILE_SCRIPT = textwrap.dedent("""
     from scan.losses import nt_xent
     from scan.models.backbones import build_backbone
     from scan.models.heads import ContrastiveModel
-    from scan.train import Runtime
+    from scan.training.context import Runtime
     import copy
     torch.manual_seed(0)
     model = ContrastiveModel(build_backbone("small_cnn", 3), 32).train()
@@ -232,8 +231,9 @@ COMPILE_SCRIPT = textwrap.dedent("""
     losses = []
     for compile in (False, True):
         m = copy.deepcopy(model)
-        z = Runtime.from_config(RuntimeConfig(precision="fp32", channels_last=False, compile=compile),
-                                torch.device("cpu")).wrap(m)(x)
+        rt = Runtime.from_config(RuntimeConfig(precision="fp32", channels_last=False, compile=compile),
+                                 torch.device("cpu"))
+        z = rt.forward(rt.prepare(m), x)
         loss = nt_xent(z[:4], z[4:], 0.5)
         loss.backward()
         losses.append(loss.item())
@@ -258,7 +258,7 @@ def test_torch_compile_gives_the_eager_loss():
 
 
 def test_tiny_run_with_bf16_channels_last_and_faiss(tmp_path):
-    overrides = ["pretext.epochs=2", "cluster.epochs=2", "selflabel.epochs=1", "cluster.num_heads=2", "device=cpu",
+    overrides = ["pretext.epochs=2", "cluster.epochs=2", "selflabel.epochs=1", "selflabel.min_confident=0", "cluster.num_heads=2", "device=cpu",
                  "runtime.precision=bf16", "runtime.channels_last=true"]
     if faiss_available():
         overrides.append("mine.backend=faiss")

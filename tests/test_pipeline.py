@@ -14,10 +14,10 @@ from scan.cli import main
 from scan.config import build_config
 from scan.errors import ScanError
 from scan.pipeline import run_pipeline
-from scan.train import Resumable
+from scan.training.loop import TrainState
 
 # A few epochs of each stage: seconds per run, enough to exercise every code path.
-SHORT = ["pretext.epochs=4", "cluster.epochs=3", "selflabel.epochs=2", "cluster.num_heads=2", "device=cpu"]
+SHORT = ["pretext.epochs=4", "cluster.epochs=3", "selflabel.epochs=2", "selflabel.min_confident=0", "cluster.num_heads=2", "device=cpu"]
 
 
 def without_timings(metrics: dict) -> dict:
@@ -52,16 +52,16 @@ def test_default_digits_run_reaches_accuracy_and_writes_the_run_dir(tmp_path):
 
 def interrupt_after_saves(monkeypatch, count: int) -> None:
     """Make the `count`-th epoch checkpoint the last thing that happens before a Ctrl-C."""
-    original = Resumable.save
+    original = TrainState.save
     calls = {"n": 0}
 
-    def save(self):
-        original(self)
+    def save(self, ctx):
+        original(self, ctx)
         calls["n"] += 1
         if calls["n"] == count:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Resumable, "save", save)
+    monkeypatch.setattr(TrainState, "save", save)
 
 
 @pytest.mark.parametrize("interrupt_at", [2, 6])  # inside pretext (epoch 2/4), inside cluster (epoch 2/3)
@@ -96,7 +96,7 @@ def test_stages_one_at_a_time_and_changed_config(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "pretext: finished earlier with this config, skipped" in printed
     assert "mine: finished earlier with this config, skipped" in printed
-    assert "cluster epoch 1/3" in printed and "selflabel epoch 1/2" in printed
+    assert "cluster 1/3 " in printed and "selflabel 1/2 " in printed
 
 
 def test_non_finite_loss_stops_the_stage_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

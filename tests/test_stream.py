@@ -21,7 +21,8 @@ from scan.data.sources import load_source, place_images
 from scan.data.splits import ImageSplits
 from scan.data.stream import DiskImages, image_batches, on_device
 from scan.errors import ScanError
-from scan.train import anchor_neighbor_batches, shuffled_batches
+from scan.training.batches import anchor_neighbor_batches, shuffled_batches
+from scan.training.context import RunContext, Runtime
 from test_folder_run import TINY, shapes  # noqa: F401 - the generated image folder fixture
 
 
@@ -63,10 +64,10 @@ def test_disk_images_refuse_a_file_too_short(tmp_path):
 def test_streamed_batches_equal_in_memory_ones(on_disk, workers):
     images, array = on_disk
     torch.manual_seed(5)
-    expected = [(i.clone(), p.clone()) for i, p in image_batches(torch.from_numpy(array), shuffled_batches(10, 3, torch.device("cpu")), torch.device("cpu"))]
+    expected = [(i.clone(), p.clone()) for i, p in image_batches(torch.from_numpy(array), shuffled_batches(_cpu_context(5), 10, 3), torch.device("cpu"))]
     after_memory = torch.rand(1)
     torch.manual_seed(5)
-    streamed = list(image_batches(images, shuffled_batches(10, 3, torch.device("cpu")), torch.device("cpu"), workers))
+    streamed = list(image_batches(images, shuffled_batches(_cpu_context(5), 10, 3), torch.device("cpu"), workers))
     assert len(streamed) == len(expected) == 3
     for (i, p), (j, q) in zip(expected, streamed):
         assert torch.equal(i, j) and torch.equal(p, q)
@@ -74,9 +75,15 @@ def test_streamed_batches_equal_in_memory_ones(on_disk, workers):
     assert torch.equal(torch.rand(1), after_memory)
 
 
+def _cpu_context(seed: int) -> RunContext:
+    ctx = RunContext(Runtime(torch.device("cpu")))
+    ctx.shuffle.manual_seed(seed)
+    return ctx
+
+
 def test_anchor_neighbor_batches_pair_each_anchor_with_one_of_its_neighbours():
     neighbors = torch.tensor([[1, 2], [2, 3], [3, 0], [0, 1], [1, 2], [2, 3]])
-    batches = list(anchor_neighbor_batches(neighbors, 2, torch.device("cpu")))
+    batches = list(anchor_neighbor_batches(_cpu_context(0), neighbors, 2))
     assert len(batches) == 3
     anchors = torch.cat([b[:2] for b in batches])
     assert sorted(anchors.tolist()) == list(range(6))
@@ -187,3 +194,15 @@ def test_images_too_large_for_the_gpu_stay_on_the_host(monkeypatch):
 def test_images_that_fit_move_to_the_gpu():
     images = torch.zeros(10, 3, 4, 4, dtype=torch.uint8)
     assert on_device(images, torch.device("cuda")).device.type == "cuda"
+
+
+def test_anchor_neighbor_batches_draw_the_anchor_itself_one_time_in_k_plus_one_when_asked():
+    neighbors = torch.randint(5000, 6000, (5000, 4))  # never an anchor's own index
+
+    def share_of_self(include_self: bool) -> float:
+        batches = anchor_neighbor_batches(_cpu_context(0), neighbors, 500, include_self=include_self)
+        anchors, partners = torch.stack(list(batches)).view(-1, 2, 500).unbind(1)
+        return (anchors == partners).float().mean().item()
+
+    assert abs(share_of_self(True) - 1 / 5) < 0.02
+    assert share_of_self(False) == 0.0

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scan.errors import ScanError
+from scan.stage_table import STAGE_NAMES as STAGES
 
-STAGES = ("pretext", "mine", "cluster", "selflabel")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from scan import __version__
 from scan.errors import ScanError
+from scan.stage_table import STAGE_NAMES as STAGE_COMMANDS
 
 if TYPE_CHECKING:  # imported lazily at run time: `scan --version` and `scan help` stay fast
     from scan.checkpoint import RunDir
     from scan.config import RunConfig
 
-STAGE_COMMANDS = ("pretext", "mine", "cluster", "selflabel")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXAMPLES = """examples:
   scan run                                  the default job: 10 clusters of scikit-learn's digits (about a minute)
@@ -141,7 +141,8 @@ def closing_block(out: Path, cfg: RunConfig, metrics: dict, seconds: float) -> N
     folder and the commands that come next."""
     from scan.console import echo
 
-    step = "selflabel" if "selflabel" in metrics else "cluster"
+    # The final model: evaluation names it (self-labelling may have been kept out by its safeguard).
+    step = metrics.get("final", {}).get("step") or ("selflabel" if "selflabel" in metrics else "cluster")
     values = metrics.get(step, {})
     labelled = "acc" in values
     keys = ("acc", "nmi", "ari") if labelled else ("confidence", "empty_clusters", "smallest_share", "largest_share")
@@ -187,18 +188,15 @@ def _split_warning(run: RunDir, cfg: RunConfig) -> str | None:
 
 def _stage(ns: argparse.Namespace) -> None:
     from scan.api import resolve_out
-    from scan.console import echo, warn_busy_cores
-    from scan.pipeline import commit_config, load_data, open_run, run_stage
-    from scan.train import resolve_device
+    from scan.console import warn_busy_cores
+    from scan.pipeline import distributed_errors, run_stage, start_run
 
     cfg = _config(ns)
-    run = open_run(cfg, resolve_out(cfg, ns.out, ns.force), ns.force)
+    out = resolve_out(cfg, ns.out, ns.force)
     warn_busy_cores()
-    device = resolve_device(cfg.device)
-    echo(f"run: {run.root}, stage {ns.command} (device {device})")
-    data = load_data(cfg)
-    commit_config(run, cfg, data)
-    run_stage(ns.command, cfg, run, data, device, rerun=ns.force)
+    with distributed_errors():
+        ctx, run, data = start_run(cfg, out, ns.force)
+        run_stage(ctx, ns.command, cfg, run, data, rerun=ns.force)
 
 
 def commented_yaml(values: dict, prefix: str = "", indent: int = 0) -> list[str]:
@@ -232,7 +230,7 @@ def _evaluate(ns: argparse.Namespace) -> None:
     from scan.console import set_log_file
     from scan.evaluate import evaluate_run
     from scan.pipeline import read_config
-    from scan.train import resolve_device
+    from scan.training.context import resolve_device
 
     if ns.model is not None:
         from scan.zoo import evaluate_checkpoint

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from scan.errors import ScanError
+from scan.stage_table import stage_spec
 
 SECTIONS = ("data", "pretext", "mine", "cluster", "selflabel", "runtime")
 OPTIMIZERS = ("sgd", "adam")
@@ -90,6 +91,9 @@ class ClusterConfig:
     # a poor one; restarts can, and the label-free loss tells them apart (digits: benchmarks/README.md).
     restarts: int = 1
     update_head_only: bool = False
+    # The original draws each anchor's "neighbour" from its k neighbours and itself (1 time in k+1
+    # the anchor is paired with another view of itself); by default scan draws from the k alone.
+    include_self: bool = False
     augment: str = "strong"
     select_on: str = "train"
     select_entropy_weight: float = 1.0
@@ -109,6 +113,13 @@ class SelfLabelConfig:
     class_balance: bool = True
     ema: float = 0.0
     augment: str = "strong"
+    # The safeguard (scan.stages.safeguard): self-labelling starts only when at least this share of
+    # the train images is confident and every cluster has some, and its model replaces the SCAN
+    # model only when the balance of the cluster sizes (normalised entropy) drops by at most
+    # max_balance_drop. CIFAR-10 on a CPU had 4-8 % confident images, and self-labelling cost 3 points.
+    # min_confident=0 and max_balance_drop=1 turn the checks off.
+    min_confident: float = 0.1
+    max_balance_drop: float = 0.05
 
 
 @dataclass
@@ -144,21 +155,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-# What each stage's outputs depend on: a finished stage is reused only while these are unchanged.
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "pretext": ("seed", "data", "pretext"),
-    "mine": ("seed", "data", "pretext", "mine", "cluster.select_on"),
-    "cluster": ("seed", "data", "pretext", "mine", "cluster", "clusters"),
-    "selflabel": ("seed", "data", "pretext", "mine", "cluster", "clusters", "selflabel"),
-}
-
-
 def fingerprint(cfg: RunConfig, stage: str) -> str:
     """A short hash of the config values that `stage`'s outputs depend on. Keys at their default
     value are left out, so adding a new key (with a default) never invalidates finished stages."""
     flat = flatten(cfg.to_dict())
     defaults = flatten(RunConfig().to_dict())
-    keys = STAGE_INPUTS[stage]
+    keys = stage_spec(stage).inputs
     picked = {k: v for k, v in flat.items()
               if any(k == p or k.startswith(p + ".") for p in keys) and v != defaults.get(k, object())}
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
@@ -340,6 +342,8 @@ def validate(cfg: RunConfig) -> None:
         raise ScanError("data.jitter must be [brightness, contrast, saturation, hue]")
     if not 0 < cfg.selflabel.threshold < 1:
         raise ScanError(f"selflabel.threshold must be in (0, 1), got {cfg.selflabel.threshold}")
+    if not 0 <= cfg.selflabel.min_confident <= 1 or not 0 <= cfg.selflabel.max_balance_drop <= 1:
+        raise ScanError("selflabel.min_confident and selflabel.max_balance_drop must be in [0, 1]")
     if not 0 <= cfg.selflabel.ema < 1:
         raise ScanError(f"selflabel.ema must be in [0, 1) (0 turns EMA off), got {cfg.selflabel.ema}")
     if min(cfg.pretext.epochs, cfg.selflabel.epochs, cfg.pretext.warmup_epochs) < 0:

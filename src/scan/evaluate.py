@@ -14,7 +14,8 @@ from scan.data.stream import Images
 from scan.knn import neighbor_accuracy
 from scan.metrics import cluster_diagnostics, cluster_metrics, hungarian_match
 from scan.predict import ClusterModel
-from scan.stages.artifacts import load_exported_model, load_neighbors, read_model_card, set_cluster_names
+from scan.stages.artifacts import (final_reason, final_step, load_exported_model, load_neighbors, read_model_card,
+                                   set_cluster_names)
 
 STEPS = ("cluster", "selflabel")
 TABLE_KEYS = ("acc", "nmi", "ari", "ami", "top5", "acc_majority")
@@ -48,7 +49,7 @@ def evaluate_run(run: RunDir, cfg: RunConfig, device: torch.device, data: ImageS
     if run.done("mine").is_file() and data.train_labels is not None:
         metrics["mine"] = {"neighbor_accuracy": neighbor_accuracy(load_neighbors(run)[0], data.train_labels)}
     for step in STEPS:
-        if not run.done(step).is_file():
+        if not (run.done(step).is_file() and (run.stage(step) / "model.json").is_file()):  # or self-labelling skipped
             continue
         probs = predict_probs(run, step, cfg, data.test, device)
         metrics[step] = cluster_diagnostics(probs)
@@ -58,6 +59,10 @@ def evaluate_run(run: RunDir, cfg: RunConfig, device: torch.device, data: ImageS
             set_cluster_names(run, step, matched_names(probs.argmax(1), data.test_labels.numpy(), probs.shape[1], data))
         if step == "cluster":
             metrics[step]["head"] = read_model_card(run.stage(step))["head"]
+    if any(step in metrics for step in STEPS):
+        metrics["final"] = {"step": final_step(run)}
+        if final_reason(run) is not None:
+            metrics["final"]["reason"] = final_reason(run)
     metrics["seconds"] = run.stage_seconds()
     save_json(metrics, run.metrics)
     echo(format_table(metrics))
@@ -76,6 +81,9 @@ def format_table(metrics: dict) -> str:
                     f"{metrics[step][k]:>14.4f}" if k in metrics[step] else f"{'-':>14}" for k in keys))
     if "mine" in metrics:
         lines.append(f"neighbour accuracy (train, top-k): {metrics['mine']['neighbor_accuracy']:.4f}")
+    if "final" in metrics:
+        final = metrics["final"]
+        lines.append(f"final model: {final['step']}" + (f" ({final['reason']})" if "reason" in final else ""))
     seconds = metrics.get("seconds", {})
     if seconds:
         lines.append("seconds: " + ", ".join(f"{s} {t:.1f}" for s, t in seconds.items()))

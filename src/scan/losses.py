@@ -8,32 +8,45 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from scan.distributed import LOCAL, Collectives
+
 # The original clamps probabilities at 1e-8 inside the entropy (losses/losses.py EPS).
 EPS = 1e-8
 # PyTorch's BCELoss, which the original uses for the consistency term, clamps log at -100.
 LOG_FLOOR = -100.0
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, dist: Collectives = LOCAL) -> torch.Tensor:
     """Symmetric NT-Xent (SimCLR): both views act as anchors.
 
-    z1, z2: B×d L2-normalised features of two views of the same B images. Each of the 2B rows is
-    contrasted against the other 2B−1 rows; its positive is the other view of its image.
+    z1, z2: b×d L2-normalised features of two views of the same b images. Each of the 2b rows is
+    contrasted against the other 2B−1 rows of the global batch (B = b·ranks: negatives come from
+    every rank, gathered with gradients); its positive is the other view of its image.
     (The original code uses only view-1 anchors, B terms; this is the standard 2B-term form.)
-    Returns a scalar: the mean over the 2B anchors.
+    Returns a scalar: the mean over this rank's 2b anchors.
     """
     b = z1.shape[0]
-    z = torch.cat([z1, z2]).float()
-    logits = z @ z.T / temperature
-    logits.fill_diagonal_(float("-inf"))
-    targets = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    z1, z2 = z1.float(), z2.float()
+    all1, all2 = dist.gather(z1), dist.gather(z2)
+    contrast = torch.cat([all1, all2])  # 2B×d: every view-1 row, then every view-2 row
+    n = all1.shape[0]
+    own = dist.rank * b + torch.arange(b, device=z1.device)  # this rank's rows among the B images
+    logits = torch.cat([z1, z2]) @ contrast.T / temperature
+    anchors = torch.cat([own, own + n])
+    logits[torch.arange(2 * b, device=z1.device), anchors] = float("-inf")
+    targets = torch.cat([own + n, own])
     return F.cross_entropy(logits, targets)
+
+
+def entropy_of(p: torch.Tensor) -> torch.Tensor:
+    """H(p) of one distribution p (K), with p clamped at EPS inside the log as the original does."""
+    p = p.clamp_min(EPS)
+    return -(p * p.log()).sum()
 
 
 def entropy_of_mean(probs: torch.Tensor) -> torch.Tensor:
     """H(mean_i p_i) for probs B×K: the entropy of the batch's average assignment."""
-    mean = probs.mean(0).clamp_min(EPS)
-    return -(mean * mean.log()).sum()
+    return entropy_of(probs.mean(0))
 
 
 class ScanLoss(NamedTuple):
@@ -42,18 +55,22 @@ class ScanLoss(NamedTuple):
     entropy: torch.Tensor
 
 
-def scan_loss(anchor_logits: torch.Tensor, neighbor_logits: torch.Tensor, entropy_weight: float) -> ScanLoss:
+def scan_loss(anchor_logits: torch.Tensor, neighbor_logits: torch.Tensor, entropy_weight: float,
+              dist: Collectives = LOCAL) -> ScanLoss:
     """SCAN loss of one head: −mean_i log⟨p_i, q_i⟩ − λ·H(mean_i p_i).
 
-    anchor_logits, neighbor_logits: B×K logits of anchors and one neighbour each.
+    anchor_logits, neighbor_logits: b×K logits of anchors and one neighbour each.
     log⟨p, q⟩ is computed as logsumexp(log p + log q), stable in low precision, floored at −100
-    as BCE does. Gradients flow into both p and q. Returns (total, consistency, entropy).
+    as BCE does. Gradients flow into both p and q. The entropy is that of the mean over the global
+    batch (summed over ranks with gradients); the consistency is this rank's mean.
+    Returns (total, consistency, entropy).
     """
     log_p = F.log_softmax(anchor_logits.float(), dim=1)
     log_q = F.log_softmax(neighbor_logits.float(), dim=1)
     log_sim = torch.logsumexp(log_p + log_q, dim=1).clamp_min(LOG_FLOOR)
     consistency = -log_sim.mean()
-    entropy = entropy_of_mean(log_p.exp())
+    mean = dist.sum(log_p.exp().sum(0)) / (anchor_logits.shape[0] * dist.world_size)
+    entropy = entropy_of(mean)
     return ScanLoss(consistency - entropy_weight * entropy, consistency, entropy)
 
 
@@ -79,6 +96,47 @@ def validation_scan_loss(
     return ScanLoss(consistency - entropy_weight * entropy, consistency, entropy)
 
 
+class PseudoLabels(NamedTuple):
+    """Confident weak-view predictions of this rank's b samples.
+
+    mask: bool b, the confident samples; target: int64 (mask.sum()), their pseudo-labels;
+    weight: float K class weights (None without class balancing); count: confident samples in the
+    global batch; weight_sum: the sum of their weights over the global batch.
+    """
+
+    mask: torch.Tensor
+    target: torch.Tensor
+    weight: torch.Tensor | None
+    count: int
+    weight_sum: float
+
+
+def pseudo_labels(weak_logits: torch.Tensor, threshold: float, class_balance: bool,
+                  dist: Collectives = LOCAL) -> PseudoLabels:
+    """A sample is confident when max softmax(weak) > threshold (strictly, as the original).
+    With class_balance, each pseudo-class c present in the global batch gets weight n/n_c (n
+    confident samples, n_c of them in c), so every present class contributes equally.
+    weak_logits: b×K."""
+    probs = weak_logits.detach().float().softmax(1)
+    confidence, target = probs.max(1)
+    mask = confidence > threshold
+    target = target[mask]
+    counts = dist.sum_(torch.bincount(target, minlength=probs.shape[1]).float())
+    n = counts.sum()
+    weight = torch.where(counts > 0, n / counts.clamp_min(1), torch.ones_like(counts)) if class_balance else None
+    weight_sum = (counts * weight).sum() if weight is not None else n
+    return PseudoLabels(mask, target, weight, int(n.item()), float(weight_sum.item()))
+
+
+def pseudo_label_ce(strong_logits: torch.Tensor, labels: PseudoLabels, world_size: int = 1) -> torch.Tensor:
+    """Cross-entropy of strong views (b×K logits) against confident pseudo-labels, the weighted
+    mean over the global batch: Σ w_y·CE / Σ w_y. Each rank returns world_size × its share of
+    that sum, so the gradient averaged over ranks (as DistributedDataParallel does) is the global
+    one; a rank without confident samples still returns a loss connected to its logits (zero)."""
+    ce = F.cross_entropy(strong_logits[labels.mask].float(), labels.target, weight=labels.weight, reduction="sum")
+    return ce * world_size / labels.weight_sum
+
+
 class SelfLabelLoss(NamedTuple):
     loss: torch.Tensor | None
     confident: int
@@ -87,22 +145,12 @@ class SelfLabelLoss(NamedTuple):
 def confidence_ce(
     weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float, class_balance: bool
 ) -> SelfLabelLoss:
-    """Cross-entropy of strong views against confident weak-view pseudo-labels.
+    """Cross-entropy of strong views against confident weak-view pseudo-labels (one process).
 
-    weak_logits, strong_logits: B×K. A sample is confident when max softmax(weak) > threshold.
-    With class_balance, each present pseudo-class c gets weight n/n_c (n confident samples, n_c of
-    them in c), so every present class contributes equally. loss is None when no sample is confident.
+    weak_logits, strong_logits: B×K. With class_balance every present pseudo-class contributes
+    equally (PyTorch's weighted mean with weights n/n_c). loss is None when no sample is confident.
     """
-    probs = weak_logits.detach().float().softmax(1)
-    confidence, target = probs.max(1)
-    mask = confidence > threshold
-    n = int(mask.sum())
-    if n == 0:
+    labels = pseudo_labels(weak_logits, threshold, class_balance)
+    if labels.count == 0:
         return SelfLabelLoss(None, 0)
-    target = target[mask]
-    weight = None
-    if class_balance:
-        counts = torch.bincount(target, minlength=probs.shape[1]).float()
-        weight = torch.where(counts > 0, n / counts.clamp_min(1), torch.ones_like(counts))
-    loss = F.cross_entropy(strong_logits[mask].float(), target, weight=weight)
-    return SelfLabelLoss(loss, n)
+    return SelfLabelLoss(pseudo_label_ce(strong_logits, labels), labels.count)

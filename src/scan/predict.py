@@ -29,7 +29,8 @@ from scan.data.splits import conform
 from scan.errors import ScanError
 from scan.models.heads import ClusteringModel
 from scan.stages.artifacts import final_step, load_exported_model
-from scan.train import infer, resolve_device
+from scan.training.batches import infer
+from scan.training.context import resolve_device
 
 # Files decoded per step of `predict_files`, in batches: bounds memory for any number of files.
 FILES_PER_CHUNK = 2048

@@ -108,11 +108,22 @@ def load_clustering_model(run: RunDir, stage: str) -> tuple[ClusteringModel, int
 
 
 def final_step(run: RunDir) -> str:
-    """The last finished clustering step of `run`: 'selflabel', else 'cluster'."""
-    for step in reversed(CLUSTERING_STEPS):
-        if run.done(step).is_file():
-            return step
+    """The clustering step whose model is the run's result: 'selflabel' when it finished and its
+    safeguard kept its model (scan.stages.safeguard), else 'cluster'."""
+    if run.done("selflabel").is_file():
+        summary = json.loads(run.done("selflabel").read_text()).get("summary", {})
+        if summary.get("final", "selflabel") == "selflabel":
+            return "selflabel"
+    if run.done("cluster").is_file():
+        return "cluster"
     raise ScanError(f"{run.root} has no finished cluster or selflabel stage; run `scan cluster` first")
+
+
+def final_reason(run: RunDir) -> str | None:
+    """Why the SCAN model stayed final although self-labelling ran (None when it did not say)."""
+    if not run.done("selflabel").is_file():
+        return None
+    return json.loads(run.done("selflabel").read_text()).get("summary", {}).get("reason")
 
 
 def set_cluster_names(run: RunDir, stage: str, names: list[str | None]) -> None:

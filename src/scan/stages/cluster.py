@@ -1,118 +1,197 @@
 """Stage 3, cluster: train cluster heads with the SCAN loss (neighbours should share a cluster,
-clusters should be balanced) and keep the (model, head) with the lowest label-free validation loss."""
+clusters should be balanced) and keep the (model, head) with the lowest label-free validation loss.
+
+Two ways to train, behind one interface: the full network on augmented images (`FullNetwork`, the
+CIFAR/STL setting), or the heads alone on cached backbone features (`HeadsOnFeatures`, the
+ImageNet setting: a frozen backbone gives every image one feature vector, so it is computed once).
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 
 from scan.checkpoint import RunDir
 from scan.config import RunConfig, fingerprint
-from scan.console import echo, progress
+from scan.console import echo
 from scan.data.sources import ImageSplits
-from scan.data.stream import image_batches, on_device
+from scan.data.stream import Images, image_batches, on_device
 from scan.data.views import make_view
 from scan.losses import scan_loss, validation_scan_loss
 from scan.models.heads import ClusteringModel
-from scan.stages.artifacts import load_features, load_neighbors, load_pretext_model, require, save_clustering_model
-from scan.train import Resumable, Runtime, anchor_neighbor_batches, build_optimizer, check_finite, infer
+from scan.stages.artifacts import load_features, load_neighbors, load_pretext_model, save_clustering_model
+from scan.training.batches import anchor_neighbor_batches, infer, local_batch_size, steps_per_epoch
+from scan.training.context import RunContext
+from scan.training.loop import StepResult, TrainState, fit
+from scan.training.optim import build_optimizer
 
 
-def run_cluster(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.device) -> dict:
-    """Train `cluster.num_heads` heads, `cluster.restarts` times from the pretext weights; write
-    the (restart, epoch, head) with the lowest validation loss to cluster/model.safetensors."""
-    require(run, "mine", "cluster")
-    cc = cfg.cluster
-    images = on_device(data.train, device)
-    select_images = on_device(data.images(cc.select_on), device)
-    neighbors, val_neighbors = (t.to(device) for t in load_neighbors(run))
+class FullNetwork:
+    """Backbone and heads trained together on augmented anchors and neighbours, forwarded in one
+    batch (BatchNorm sees both); selection probabilities from a weak-view pass over the split."""
+
+    def __init__(self, ctx: RunContext, cfg: RunConfig, images: Images, select_images: Images,
+                 pretext_backbone: Callable[[], nn.Module]) -> None:
+        """images, select_images: uint8 N×C×H×W train and selection images; pretext_backbone():
+        a fresh copy of the pretext backbone (each restart starts from it)."""
+        self.ctx, self.cfg, self.pretext_backbone = ctx, cfg, pretext_backbone
+        self.images, self.select_images = on_device(images, ctx.device), on_device(select_images, ctx.device)
+        self.view, self.weak = make_view(cfg.cluster.augment, cfg.data), make_view("weak", cfg.data)
+
+    def fresh(self) -> tuple[ClusteringModel, torch.optim.Optimizer]:
+        """The pretext backbone with new heads, and its optimiser."""
+        cc = self.cfg.cluster
+        self.model = ClusteringModel(self.pretext_backbone(), self.cfg.clusters, cc.num_heads).to(self.ctx.device)
+        self.net = self.ctx.prepare(self.model)
+        return self.model, build_optimizer(cc.optimizer, self.model.parameters(), cc.lr, cc.weight_decay, cc.momentum)
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    def batches(self, neighbors: torch.Tensor):
+        pairs = anchor_neighbor_batches(self.ctx, neighbors, self.cfg.cluster.batch_size, self.cfg.cluster.include_self)
+        return image_batches(self.images, pairs, self.ctx.device, self.cfg.runtime.workers)
+
+    def logits(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """heads×2b×K logits of the batch's b anchors, then their b neighbours."""
+        _, pixels = batch
+        b = len(pixels) // 2
+        return self.ctx.forward(self.net, torch.cat([self.view(pixels[:b]), self.view(pixels[b:])]))
+
+    def select_probs(self) -> torch.Tensor:
+        """heads×M×K probabilities of the selection split (sharded across ranks, gathered)."""
+        ctx = self.ctx
+        logits = infer(lambda x: ctx.forward(self.model, x), self.select_images, self.weak, self.cfg.mine.batch_size,
+                       ctx.device, batch_dim=1, workers=self.cfg.runtime.workers, ctx=ctx)
+        return logits.softmax(-1)
+
+
+class HeadsOnFeatures:
+    """Heads alone on a frozen backbone's cached features: the mined train features when mining
+    used backbone features (computed once, shared), else one weak-view pass per split."""
+
+    def __init__(self, ctx: RunContext, cfg: RunConfig, features: torch.Tensor, select_features: torch.Tensor,
+                 pretext_backbone: Callable[[], nn.Module]) -> None:
+        """features, select_features: N×D and M×D backbone features of the train and selection
+        images; pretext_backbone(): the frozen backbone, exported with the heads."""
+        self.ctx, self.cfg, self.pretext_backbone = ctx, cfg, pretext_backbone
+        self.features, self.select_features = features.to(ctx.device), select_features.to(ctx.device)
+
+    def fresh(self) -> tuple[ClusteringModel, torch.optim.Optimizer]:
+        cc = self.cfg.cluster
+        self.model = ClusteringModel(self.pretext_backbone(), self.cfg.clusters, cc.num_heads).to(self.ctx.device)
+        self.model.backbone.eval().requires_grad_(False)
+        heads = self.model.cluster_heads.parameters()
+        return self.model, build_optimizer(cc.optimizer, heads, cc.lr, cc.weight_decay, cc.momentum)
+
+    def train_mode(self) -> None:
+        self.model.cluster_heads.train()
+
+    def batches(self, neighbors: torch.Tensor):
+        return anchor_neighbor_batches(self.ctx, neighbors, self.cfg.cluster.batch_size, self.cfg.cluster.include_self)
+
+    def logits(self, pair: torch.Tensor) -> torch.Tensor:
+        return self.model.cluster_heads(self.features[pair])
+
+    def select_probs(self) -> torch.Tensor:
+        return self.model.cluster_heads(self.select_features).softmax(-1)
+
+
+Mode = FullNetwork | HeadsOnFeatures
+
+
+def cached_features(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen-backbone features of the train and selection splits: the mined train features when
+    mining used backbone features, else one weak-view pass per split."""
+    backbone = ctx.runtime.prepare(load_pretext_model(run, cfg).backbone.to(ctx.device).eval())
     weak = make_view("weak", cfg.data)
-    view = make_view(cc.augment, cfg.data)
 
-    runtime = Runtime.from_config(cfg.runtime, device)
+    def embed(images: Images) -> torch.Tensor:
+        return infer(lambda x: ctx.forward(backbone, x), on_device(images, ctx.device), weak, cfg.mine.batch_size,
+                     ctx.device, workers=cfg.runtime.workers)
 
-    def fresh_start() -> tuple[ClusteringModel, Callable, torch.optim.Optimizer]:
-        """The pretext backbone with new heads, its forward function and optimiser."""
-        model = ClusteringModel(load_pretext_model(run, cfg).backbone, cfg.clusters, cc.num_heads).to(device)
-        if cc.update_head_only:
-            model.backbone.eval().requires_grad_(False)
-        forward = runtime.wrap(model.backbone if cc.update_head_only else model)
-        params = model.cluster_heads.parameters() if cc.update_head_only else model.parameters()
-        return model, forward, build_optimizer(cc.optimizer, params, cc.lr, cc.weight_decay, cc.momentum)
+    features = load_features(run) if cfg.mine.features == "backbone" else embed(data.train)
+    return features, features if cfg.cluster.select_on == "train" else embed(data.test)
 
-    model, forward, optimizer = fresh_start()
+
+def scan_step(ctx: RunContext, mode: Mode, entropy_weight: float) -> Callable[[Any], StepResult]:
+    """The SCAN step of every head on one batch of anchors and neighbours. The heads' losses are
+    summed for the gradient, as in the original; their mean is logged as head_loss."""
+
+    def step(batch: Any) -> StepResult:
+        logits = mode.logits(batch)
+        b = logits.shape[1] // 2
+        parts = [scan_loss(h[:b], h[b:], entropy_weight, ctx.dist) for h in logits]
+        return {"loss": sum(p.total for p in parts), "head_loss": torch.stack([p.total for p in parts]).mean(),
+                "consistency": torch.stack([p.consistency for p in parts]).mean(),
+                "entropy": torch.stack([p.entropy for p in parts]).mean()}
+
+    return step
+
+
+def run_cluster(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> dict:
+    """Train `cluster.num_heads` heads, `cluster.restarts` times from the pretext weights; write
+    the (restart, epoch, head) with the lowest validation loss to cluster/model.safetensors.
+    Heads on cached features train on rank 0 alone (seconds to minutes); the others wait."""
+    if cfg.cluster.update_head_only and ctx.dist.active:
+        summary = train_cluster(ctx.alone(), cfg, run, data) if ctx.is_main else None
+        ctx.dist.barrier()
+        return ctx.dist.broadcast(summary)
+    return train_cluster(ctx, cfg, run, data)
+
+
+def train_cluster(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> dict:
+    cc = cfg.cluster
+    local_batch_size(ctx, cc.batch_size, "cluster.batch_size")
+    neighbors, val_neighbors = (t.to(ctx.device) for t in load_neighbors(run))
+    pretext = lambda: load_pretext_model(run, cfg).backbone  # noqa: E731
     if cc.update_head_only:
-        # A frozen backbone gives every image one fixed feature vector: compute it once and train
-        # the linear heads on the cache (orders of magnitude faster than a backbone pass per step).
-        if cfg.mine.features == "backbone":  # mining already embedded the train split
-            features = load_features(run).to(device)
-        else:
-            features = infer(forward, images, weak, cfg.mine.batch_size, device, workers=cfg.runtime.workers)
-        select_features = features if cc.select_on == "train" else infer(
-            forward, select_images, weak, cfg.mine.batch_size, device, workers=cfg.runtime.workers)
-    state = Resumable(run, "cluster", fingerprint(cfg, "cluster"), cfg.to_dict(), {"model": model, "optimizer": optimizer},
-                      extra={"best_loss": float("inf"), "best_head": 0, "best_epoch": 0, "best_restart": 1})
+        mode: Mode = HeadsOnFeatures(ctx, cfg, *cached_features(ctx, cfg, run, data), pretext)
+    else:
+        mode = FullNetwork(ctx, cfg, data.train, data.images(cc.select_on), pretext)
+    model, optimizer = mode.fresh()
+    state = TrainState(run, "cluster", fingerprint(cfg, "cluster"), cfg.to_dict(), {"model": model, "optimizer": optimizer},
+                       extra={"best_loss": float("inf"), "best_head": 0, "best_epoch": 0, "best_restart": 1})
     total = cc.epochs * cc.restarts
-    if state.restore():
+    if state.restore(ctx):
         echo(f"cluster: resuming after epoch {state.epoch}/{total}")
 
-    steps = max(1, len(images) // cc.batch_size)
-    for epoch in range(state.epoch, total):
-        start = time.perf_counter()
-        restart = epoch // cc.epochs
+    def on_epoch_start(epoch: int) -> None:
         if epoch % cc.epochs == 0 and epoch > 0:
-            # Another restart: the full SCAN step again from the pretext weights, with new heads
-            # and the random stream where the last one stopped; the selection spans all restarts.
-            model, forward, optimizer = fresh_start()
-            state.modules.update(model=model, optimizer=optimizer)
-        if not cc.update_head_only:
-            model.train()
-        sums = torch.zeros(3)
-        pairs = anchor_neighbor_batches(neighbors, cc.batch_size, device)
-        # Head-only steps read cached features; the others read (or stream) the images.
-        batches = ((pair, None) for pair in pairs) if cc.update_head_only else image_batches(
-            images, pairs, device, cfg.runtime.workers)
-        for pair, pixels in progress(batches, steps, f"cluster {epoch + 1}"):
-            b = len(pair) // 2  # anchors, then one neighbour of each
-            if cc.update_head_only:
-                logits = model.cluster_heads(features[pair])
-            else:
-                logits = forward(torch.cat([view(pixels[:b]), view(pixels[b:])]))
-            parts = [scan_loss(h[:b], h[b:], cc.entropy_weight) for h in logits]
-            loss = sum(p.total for p in parts)
-            check_finite(loss, "cluster", epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.tensor([[p.total.item(), p.consistency.item(), p.entropy.item()] for p in parts]).mean(0)
+            # Another restart: the whole SCAN step again from the pretext weights, with new heads
+            # and the random streams where the last one stopped; the selection spans all restarts.
+            state.modules.update(zip(("model", "optimizer"), mode.fresh()))
+        mode.train_mode()
 
-        model.eval()
-        if cc.update_head_only:
-            probs = model.cluster_heads(select_features).softmax(-1)
-        else:
-            probs = infer(forward, select_images, weak, cfg.mine.batch_size, device, batch_dim=1,
-                          workers=cfg.runtime.workers).softmax(-1)
-        val = [validation_scan_loss(p, val_neighbors, cc.select_entropy_weight) for p in probs]
-        val_totals = [v.total.item() for v in val]
-        head = min(range(len(val)), key=val_totals.__getitem__)
-        improved = val_totals[head] < state.extra["best_loss"]
-        if improved:
-            state.extra.update(best_loss=val_totals[head], best_head=head, best_epoch=epoch % cc.epochs + 1,
-                               best_restart=restart + 1)
-            save_clustering_model(run, "cluster", model, cfg, head)
-        mean = (sums / steps).tolist()
-        record = {
-            "epoch": epoch + 1, "loss": mean[0], "consistency": mean[1], "entropy": mean[2],
-            "val_loss": val_totals, "val_consistency": [v.consistency.item() for v in val],
-            "val_entropy": [v.entropy.item() for v in val], "head": head, "seconds": time.perf_counter() - start,
-        }
-        if cc.restarts > 1:
-            record["restart"] = restart + 1
-        state.history.append(record)
-        state.epoch = epoch + 1
-        state.save()
-        echo(f"cluster epoch {epoch + 1}/{total}{f' (restart {restart + 1}/{cc.restarts})' if cc.restarts > 1 else ''}  loss {mean[0]:.4f} (consistency {mean[1]:.4f}, entropy {mean[2]:.4f})"
-             f"  val loss {val_totals[head]:.4f} head {head}{' *best*' if improved else ''}  {record['seconds']:.1f}s")
+    def on_epoch_end(epoch: int) -> dict:
+        model = state.modules["model"].eval()
+        probs = mode.select_probs()
+        record = None
+        if ctx.is_main:
+            val = [validation_scan_loss(p, val_neighbors, cc.select_entropy_weight) for p in probs]
+            totals = [v.total.item() for v in val]
+            head = min(range(len(val)), key=totals.__getitem__)
+            record = {"val_loss": totals, "val_consistency": [v.consistency.item() for v in val],
+                      "val_entropy": [v.entropy.item() for v in val], "head": head,
+                      "best": totals[head] < state.extra["best_loss"]}
+            if cc.restarts > 1:
+                record["restart"] = epoch // cc.epochs + 1
+            if record["best"]:
+                save_clustering_model(run, "cluster", model, cfg, head)
+        record = ctx.dist.broadcast(record)
+        if record["best"]:
+            state.extra.update(best_loss=record["val_loss"][record["head"]], best_head=record["head"],
+                               best_epoch=epoch % cc.epochs + 1, best_restart=epoch // cc.epochs + 1)
+        return record
+
+    def describe(r: dict) -> str:
+        restart = f"restart {r['restart']}/{cc.restarts}  " if "restart" in r else ""
+        return (f"{restart}consistency {r.get('consistency', float('nan')):.4f}  entropy {r.get('entropy', float('nan')):.4f}"
+                f"  val {r['val_loss'][r['head']]:.4f} head {r['head']}{' *best*' if r['best'] else ''}")
+
+    fit(ctx, state, epochs=total, steps=steps_per_epoch(len(neighbors), cc.batch_size),
+        batches=lambda _: mode.batches(neighbors), step=scan_step(ctx, mode, cc.entropy_weight), on_epoch_start=on_epoch_start,
+        on_epoch_end=on_epoch_end, describe=describe)
     return dict(state.extra)

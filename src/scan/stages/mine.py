@@ -8,35 +8,42 @@ from scan.checkpoint import RunDir, save_npy
 from scan.config import RunConfig
 from scan.console import echo
 from scan.data.sources import ImageSplits
+from scan.data.stream import Images
 from scan.data.views import make_view
 from scan.knn import knn, neighbor_accuracy
-from scan.stages.artifacts import load_pretext_model, require
-from scan.train import Runtime, infer
+from scan.stages.artifacts import load_pretext_model
+from scan.training.batches import infer
+from scan.training.context import RunContext
 
 
-def embed(cfg: RunConfig, run: RunDir, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def embed(ctx: RunContext, cfg: RunConfig, run: RunDir, images: Images) -> torch.Tensor:
     """Pretext features of uint8 N×C×H×W images (weak view): N×128 projection outputs (as the
-    original does for SimCLR) or N×D backbone features (mine.features=backbone)."""
-    model = load_pretext_model(run, cfg).to(device).eval()
-    fn = Runtime.from_config(cfg.runtime, device).wrap(model if cfg.mine.features == "projection" else model.backbone)
-    return infer(fn, images, make_view("weak", cfg.data), cfg.mine.batch_size, device, workers=cfg.runtime.workers)
+    original does for SimCLR) or N×D backbone features (mine.features=backbone). Under several
+    processes each embeds its shard; every rank gets all N rows, in order."""
+    model = load_pretext_model(run, cfg).to(ctx.device).eval()
+    net = ctx.runtime.prepare(model if cfg.mine.features == "projection" else model.backbone)
+    return infer(lambda x: ctx.forward(net, x), images, make_view("weak", cfg.data), cfg.mine.batch_size,
+                 ctx.device, workers=cfg.runtime.workers, ctx=ctx)
 
 
-def run_mine(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.device) -> dict:
-    """Write features.npy, neighbors.npy (N×k) and val_neighbors.npy (selection split, N×val_k)."""
-    require(run, "pretext", "mine")
+def run_mine(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> dict:
+    """Write features.npy, neighbors.npy (N×k) and val_neighbors.npy (selection split, N×val_k).
+    Embedding is sharded across ranks; rank 0 searches the neighbours and writes the files."""
     mc = cfg.mine
-    features = embed(cfg, run, data.train, device)
+    features = embed(ctx, cfg, run, data.train)
+    test_features = embed(ctx, cfg, run, data.test) if cfg.cluster.select_on == "test" else None
+    summary: dict = {"k": mc.k, "n": len(features)}
+    if not ctx.is_main:
+        return summary
     neighbors, _ = knn(features, mc.k, backend=mc.backend)
-    if cfg.cluster.select_on == "train":
+    if test_features is None:
         val_neighbors = neighbors[:, : mc.val_k]
     else:
-        val_neighbors, _ = knn(embed(cfg, run, data.test, device), mc.val_k, backend=mc.backend)
+        val_neighbors, _ = knn(test_features, mc.val_k, backend=mc.backend)
     folder = run.stage("mine")
     save_npy(features.cpu().half().numpy(), folder / "features.npy")
     save_npy(neighbors.cpu().numpy(), folder / "neighbors.npy")
     save_npy(val_neighbors.cpu().numpy(), folder / "val_neighbors.npy")
-    summary: dict = {"k": mc.k, "n": len(features)}
     line = f"mine: top-{mc.k} neighbours of {len(features)} train images ({features.shape[1]}-d {mc.features} features)"
     if data.train_labels is not None:
         summary["neighbor_accuracy"] = neighbor_accuracy(neighbors.cpu(), data.train_labels)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
+from typing import Callable
 
 import torch
 
 from scan.checkpoint import RunDir
 from scan.config import RunConfig, fingerprint
-from scan.console import echo, progress
+from scan.console import echo
 from scan.data.sources import ImageSplits
 from scan.data.stream import image_batches, on_device
 from scan.data.views import make_view
@@ -18,10 +18,26 @@ from scan.models.backbones import build_backbone
 from scan.models.heads import ContrastiveModel
 from scan.models.pretrained import load_moco_v2
 from scan.stages.artifacts import save_pretext_model
-from scan.train import Resumable, Runtime, build_optimizer, check_finite, cosine_schedule, set_lr, shuffled_batches
+from scan.training.batches import local_batch_size, shuffled_batches, steps_per_epoch
+from scan.training.context import RunContext
+from scan.training.loop import StepResult, TrainState, fit
+from scan.training.optim import build_optimizer, cosine_schedule
 
 
-def run_pretext(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.device) -> dict:
+def simclr_step(ctx: RunContext, net: Callable, view: Callable, temperature: float) -> Callable[[tuple], StepResult]:
+    """The SimCLR step: two views of each of the rank's b images through `net` in one batch (so
+    BatchNorm sees 2b images), NT-Xent against the views of the whole global batch."""
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> StepResult:
+        _, pixels = batch
+        z = ctx.forward(net, torch.cat([view(pixels), view(pixels)]))
+        b = len(pixels)
+        return {"loss": nt_xent(z[:b], z[b:], temperature, ctx.dist)}
+
+    return step
+
+
+def run_pretext(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> dict:
     """Train SimCLR on the pretext images (or import `pretext.weights`); write the backbone and
     projection head weights. Returns a summary."""
     pc = cfg.pretext
@@ -29,40 +45,26 @@ def run_pretext(cfg: RunConfig, run: RunDir, data: ImageSplits, device: torch.de
     if pc.weights:
         load_moco_v2(pc.weights, model)
         echo(f"pretext: imported {pc.weights} (MoCo v2 layout), no training")
-        save_pretext_model(run, model)
+        if ctx.is_main:
+            save_pretext_model(run, model)
         return {"weights": pc.weights}
     if pc.epochs == 0:
         raise ScanError("pretext.epochs is 0 and no pretext.weights is given: pass pretext.weights=FILE "
                         "(a MoCo v2 checkpoint) or set pretext.epochs")
-    model.to(device)
-    runtime = Runtime.from_config(cfg.runtime, device)
-    forward = runtime.wrap(model)
-    images = on_device(data.pretext_images(), device)
-    view = make_view("simclr", cfg.data)
+    local_batch_size(ctx, pc.batch_size, "pretext.batch_size")
+    model.to(ctx.device)
+    net = ctx.prepare(model)
+    images = on_device(data.pretext_images(), ctx.device)
     optimizer = build_optimizer("sgd", model.parameters(), pc.lr, pc.weight_decay, pc.momentum)
-    lrs = cosine_schedule(pc.lr, pc.epochs, pc.lr_decay_rate, pc.warmup_epochs)
-    state = Resumable(run, "pretext", fingerprint(cfg, "pretext"), cfg.to_dict(), {"model": model, "optimizer": optimizer})
-    if state.restore():
+    state = TrainState(run, "pretext", fingerprint(cfg, "pretext"), cfg.to_dict(), {"model": model, "optimizer": optimizer})
+    if state.restore(ctx):
         echo(f"pretext: resuming after epoch {state.epoch}/{pc.epochs}")
-    steps = max(1, len(images) // pc.batch_size)
-    for epoch in range(state.epoch, pc.epochs):
-        start = time.perf_counter()
-        set_lr(optimizer, lrs[epoch])
-        model.train()
-        total, count = 0.0, 0
-        batches = image_batches(images, shuffled_batches(len(images), pc.batch_size, device), device, cfg.runtime.workers)
-        for idx, batch in progress(batches, steps, f"pretext {epoch + 1}"):
-            z = forward(torch.cat([view(batch), view(batch)]))
-            loss = nt_xent(z[: len(idx)], z[len(idx):], pc.temperature)
-            check_finite(loss, "pretext", epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.item(), count + 1
-        record = {"epoch": epoch + 1, "loss": total / count, "lr": lrs[epoch], "seconds": time.perf_counter() - start}
-        state.history.append(record)
-        state.epoch = epoch + 1
-        state.save()
-        echo(f"pretext epoch {epoch + 1}/{pc.epochs}  loss {record['loss']:.4f}  lr {record['lr']:.4g}  {record['seconds']:.1f}s")
-    save_pretext_model(run, model)
-    return {"final_loss": state.history[-1]["loss"] if state.history else None}
+    fit(ctx, state, epochs=pc.epochs, steps=steps_per_epoch(len(images), pc.batch_size),
+        batches=lambda _: image_batches(images, shuffled_batches(ctx, len(images), pc.batch_size), ctx.device,
+                                        cfg.runtime.workers),
+        step=simclr_step(ctx, net, make_view("simclr", cfg.data), pc.temperature),
+        lrs=cosine_schedule(pc.lr, pc.epochs, pc.lr_decay_rate, pc.warmup_epochs),
+        describe=lambda r: f"lr {r['lr']:.4g}")
+    if ctx.is_main:
+        save_pretext_model(run, model)
+    return {"final_loss": state.history[-1].get("loss") if state.history else None}
