@@ -41,10 +41,13 @@ def _same_config(folder: Path, cfg: RunConfig) -> bool:
     return not [line for line in config_diff(old, cfg.to_dict()) if not line.startswith(RUNTIME_KEYS)]
 
 
-def resolve_out(cfg: RunConfig, out: str | Path | None, force: bool = False) -> Path:
+def resolve_out(cfg: RunConfig, out: str | Path | None, force: bool = False, quiet: bool = False) -> Path:
     """The run directory of a command: `out` when given; else runs/PRESET, or the numbered
     runs/PRESET-2, -3, ... that holds this config (the same command resumes it), or the first
-    free one when none does (said on stdout). With `force`, runs/PRESET itself."""
+    free one when none does (said on stdout unless `quiet`). With `force`, runs/PRESET itself.
+
+    Every rank of a launch gets the same answer: before rank 0 writes the config the free folder
+    is the first one without a config, and after, it is the folder that holds this config."""
     if out is not None:
         return Path(out)
     base = Path("runs") / cfg.preset
@@ -59,7 +62,7 @@ def resolve_out(cfg: RunConfig, out: str | Path | None, force: bool = False) -> 
                 break
         elif _same_config(folder, cfg):
             return folder
-    if free != base:
+    if free != base and not quiet:
         print(f"note: {base} holds a run with another config; this run goes to {free} "
               f"(--out DIR chooses the folder, --force reruns {base} with this config)", flush=True)
     return free

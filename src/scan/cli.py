@@ -117,14 +117,19 @@ def _config(ns: argparse.Namespace):
 def _run(ns: argparse.Namespace) -> None:
     from scan.api import resolve_out
     from scan.console import warn_busy_cores
+    from scan.distributed import launch_from_env
     from scan.pipeline import run_pipeline
 
     cfg = _config(ns)
-    out = resolve_out(cfg, ns.out, ns.force)
-    warn_busy_cores()
+    # Under torchrun or srun every rank runs this; rank 0 alone speaks (and computes the warnings).
+    main_rank = launch_from_env().rank == 0
+    out = resolve_out(cfg, ns.out, ns.force, quiet=not main_rank)
+    if main_rank:
+        warn_busy_cores()
     start = time.perf_counter()
     metrics = run_pipeline(cfg, out=out, force=ns.force)
-    closing_block(out, cfg, metrics, time.perf_counter() - start)
+    if main_rank:
+        closing_block(out, cfg, metrics, time.perf_counter() - start)
 
 
 METRIC_NAMES = {"acc": "ACC", "nmi": "NMI", "ari": "ARI", "confidence": "mean confidence",
@@ -189,11 +194,14 @@ def _split_warning(run: RunDir, cfg: RunConfig) -> str | None:
 def _stage(ns: argparse.Namespace) -> None:
     from scan.api import resolve_out
     from scan.console import warn_busy_cores
+    from scan.distributed import launch_from_env
     from scan.pipeline import distributed_errors, run_stage, start_run
 
     cfg = _config(ns)
-    out = resolve_out(cfg, ns.out, ns.force)
-    warn_busy_cores()
+    main_rank = launch_from_env().rank == 0
+    out = resolve_out(cfg, ns.out, ns.force, quiet=not main_rank)
+    if main_rank:
+        warn_busy_cores()
     with distributed_errors():
         ctx, run, data = start_run(cfg, out, ns.force)
         run_stage(ctx, ns.command, cfg, run, data, rerun=ns.force)
