@@ -17,6 +17,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/scan run
+	@echo
+	@echo "scan is installed in $(VENV)/. To type 'scan' directly: source $(VENV)/bin/activate"
+	@echo "(or call $(BIN)/scan); the run folder and the next commands are printed above."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

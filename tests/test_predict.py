@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -23,6 +24,7 @@ from scan.errors import ScanError
 from scan.evaluate import predict_probs
 from scan.models.backbones import build_backbone
 from scan.models.heads import ClusteringModel
+from scan.predict import load as load_model
 from scan.stages.artifacts import save_clustering_model
 
 from conftest import TINY_RUN as TINY
@@ -99,11 +101,12 @@ def test_export_load_predict_round_trip_is_identical(run_dir, digits, tmp_path):
     for name in ("model.safetensors", "model.json"):
         shutil.copy(run_dir / "selflabel" / name, export / name)
     images = digits.test[:50]
-    loaded = scan.load(export, device="cpu").predict(images)
+    loaded = load_model(export, device="cpu").predict(images)
     expected = predict_probs(RunDir(run_dir), "selflabel", build_config("digits", overrides=TINY), images, torch.device("cpu"))
     assert torch.equal(loaded.probs, torch.from_numpy(expected))
     assert torch.equal(loaded.clusters, loaded.probs.argmax(1)) and loaded.paths is None
-    assert torch.equal(scan.load(run_dir, device="cpu").predict(images.numpy()[:, 0]).probs, loaded.probs)  # N×H×W
+    assert torch.equal(load_model(run_dir, device="cpu").predict(images.numpy()[:, 0]).probs, loaded.probs)  # N×H×W
+    assert np.array_equal(scan.load(run_dir, device="cpu").predict_proba(images.numpy()[:, 0]), loaded.probs.numpy())
 
     # A model in memory -> save -> load -> predict: the same numbers as the model itself.
     cfg = build_config("digits", overrides=TINY)
@@ -112,7 +115,7 @@ def test_export_load_predict_round_trip_is_identical(run_dir, digits, tmp_path):
     save_clustering_model(RunDir(tmp_path / "fresh"), "cluster", model, cfg, head=2)
     with torch.no_grad():
         direct = model(weak_view(images, cfg.data.mean, cfg.data.std))[2].softmax(-1)
-    assert torch.equal(scan.load(tmp_path / "fresh" / "cluster", device="cpu").predict(images).probs, direct)
+    assert torch.equal(load_model(tmp_path / "fresh" / "cluster", device="cpu").predict(images).probs, direct)
 
 
 def test_load_picks_the_final_step_and_refuses_what_is_not_a_model(run_dir, tmp_path):

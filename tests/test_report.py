@@ -41,7 +41,7 @@ def pages(report: Path) -> list[ET.Element]:
 
 
 def sections(roots: list[ET.Element]) -> list[str]:
-    return [s.get("id") for root in roots for s in root.iter("section") if s.get("class") == "cluster"]
+    return [s.get("id") for root in roots for s in root.iter("section") if "cluster" in (s.get("class") or "").split()]
 
 
 def text_of(report: Path) -> str:
@@ -53,7 +53,11 @@ def test_report_parses_with_one_section_per_cluster_and_existing_images(run_dir)
     roots = pages(report)
     assert sections(roots) == [f"cluster-{c}" for c in range(10)]
     sources = [img.get("src") for root in roots for img in root.iter("img")]
-    assert len(sources) > 30
+    # one prototype per non-empty cluster (how many the tiny run leaves empty varies)
+    with open(run_dir / "assignments.csv", newline="") as f:
+        used = {row["cluster"] for row in csv.DictReader(f) if row["split"] == "train"}
+    assert sum(src.endswith("-prototype.png") for src in sources) == len(used)
+    assert {"images/sizes.png", "images/confidence.png", "images/curves.png"} <= set(sources)
     for src in sources:
         assert not Path(src).is_absolute() and (report / src).is_file(), src
     text = text_of(report)
@@ -168,3 +172,46 @@ def test_a_thousand_clusters_are_paginated(tmp_path):
     for root in roots:
         for img in root.iter("img"):
             assert (report / img.get("src")).is_file()
+
+
+def test_report_points_out_what_to_look_at_with_curves_and_a_feature_map(run_dir):
+    index = ET.parse(run_dir / "report" / "index.html").getroot()
+    text = "".join(index.itertext())
+    # every cluster title names its matched class, and a legend says what the numbers are
+    titles = [h.text for h in index.iter("h3")]
+    assert len(titles) == 10 and all(t.startswith("Cluster ") and " · class " in t for t in titles)
+    assert "Cluster numbers are the model's own" in text and "Clusters worth a look" in text
+    # the tiny run's clusters are poor: some are flagged, in their section and in the open table
+    flagged = [s for s in index.iter("section") if "doubt" in (s.get("class") or "").split()]
+    assert flagged and all("look: " in "".join(s.itertext()) for s in flagged)
+    details = next(index.iter("details"))
+    assert details.get("open") == "open" and "worth a look" in "".join(details.itertext())
+    # curves of every stage that ran, and the map: one dot per train image, hover tiles from one sprite
+    assert (run_dir / "report" / "images" / "curves.png").is_file()
+    dots = next(e for e in index.iter("div") if e.get("class") == "map")
+    assert len([e for e in dots if "p" in e.get("class").split()]) == 1437
+    hover = [e for e in dots.iter("span") if e.get("class") == "t"]
+    assert len(hover) == 1000 and all("url(images/map-tiles.png)" in e.get("style") for e in hover)
+    assert (run_dir / "report" / "images" / "map-tiles.png").is_file()
+
+
+def test_impurity_flags_a_cluster_without_a_clear_majority():
+    from scan.report import impurity
+
+    classes = ["1", "8"]
+    assert impurity(np.array([0] * 59 + [1] * 41), classes) == "impure: its most frequent class, 1, holds 59% (< 80%)"
+    assert impurity(np.array([1] * 90 + [0] * 10), classes) is None
+
+
+def test_curves_read_history_defensively(tmp_path):
+    from scan.report import curve_points, plot_curves, read_history
+
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"epoch": 1, "loss": 2.0, "val_loss": [-1.0, -1.5]}\nnot json\n[1]\n'
+                    '{"epoch": 2, "loss": NaN, "val_loss": [-2.0, "x"]}\n{"epoch": 3, "other": 1}\n')
+    records = read_history(path)
+    assert len(records) == 3
+    assert curve_points(records, "loss") == ([1.0], [2.0])
+    assert curve_points(records, "val_loss") == ([1.0, 2.0], [-1.5, -2.0])
+    assert not plot_curves({"pretext": [{"epoch": 1}]}, tmp_path / "none.png")
+    assert plot_curves({"pretext": records}, tmp_path / "c.png") and (tmp_path / "c.png").is_file()

@@ -88,7 +88,7 @@ def test_cifar_scan_file_imports_as_a_run_and_predicts_like_the_original_model(t
     images = load_source(cfg.data).test[:40]
     with torch.no_grad():
         expected = reference(weak_view(images, cfg.data.mean, cfg.data.std))[1].softmax(-1)
-    assert torch.equal(scan.load(out, device="cpu").predict(images).probs, expected)
+    assert torch.equal(torch.from_numpy(scan.load(out, device="cpu").predict_proba(images)), expected)
     # The imported run evaluates like any other (metrics.json, matched names in the sidecar).
     assert main(["evaluate", str(out), "--device", "cpu"]) == 0
     assert "acc" in json.loads(run.metrics.read_text())["cluster"]

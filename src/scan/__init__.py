@@ -21,25 +21,19 @@ def run(
     device: str | None = None,
     force: bool = False,
 ) -> dict:
-    """Run every stage and evaluate, as `scan run` does; returns the metrics dict of metrics.json."""
+    """Run every stage and evaluate, as `scan run` does (the same default run directory); returns
+    the metrics dict of metrics.json. For a model back, use `scan.SCAN(...).fit(X)`."""
+    from scan.api import resolve_out
     from scan.config import build_config
+    from scan.console import warn_busy_cores
     from scan.pipeline import run_pipeline
 
     cfg = build_config(preset, overrides=overrides, data=data, clusters=clusters, seed=seed, device=device)
+    out = resolve_out(cfg, out, force)
+    warn_busy_cores()
     return run_pipeline(cfg, out=out, force=force)
 
 
-def load(path: str | Path, device: str = "auto"):
-    """The clustering model of a run directory (its final step: self-label, else SCAN) or of a
-    folder with an exported model.safetensors + model.json, as a `scan.predict.ClusterModel`.
+from scan.api import SCAN, load  # noqa: E402 - after __version__, which the CLI imports
 
-    `load(RUN).predict(images)` takes image files/folders or a uint8 array N×H×W, N×H×W×C or
-    N×C×H×W (any size) and returns `Predictions` with `clusters` (int64 N) and `probs`
-    (float32 N×K); for files also `paths` (the N files read) and `skipped` (unreadable ones).
-    """
-    from scan.predict import load as load_model
-
-    return load_model(path, device)
-
-
-__all__ = ["ScanError", "load", "run", "__version__"]
+__all__ = ["SCAN", "ScanError", "load", "run", "__version__"]

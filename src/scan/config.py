@@ -198,7 +198,9 @@ def load_preset(name: str) -> dict[str, Any]:
     """The raw nested dict of preset `name`; unknown names list the valid ones."""
     names = preset_names()
     if name not in names:
-        raise ScanError(f"unknown preset {name!r}; valid presets: {', '.join(names)}")
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ScanError(f"unknown preset {name!r}; {hint}valid presets: {', '.join(names)}")
     text = (resources.files("scan") / "presets" / f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
 
@@ -359,10 +361,22 @@ def build_config(
     seed: int | None = None,
     device: str | None = None,
     size: int | None = None,
+    config_file: str | None = None,
 ) -> RunConfig:
-    """Preset values, then command-line options, then `key=value` overrides; validated."""
+    """Preset values, then a partial config file (`--config`), then command-line options, then
+    `key=value` overrides; validated."""
     cfg = RunConfig(preset=preset)
     _apply(cfg, load_preset(preset))
+    if config_file is not None:
+        values = load_config_file(config_file)
+        named = values.pop("preset", preset)
+        if named != preset:
+            raise ScanError(f"--config {config_file} is for preset {named!r} but the command chose {preset!r} "
+                            f"(the preset is chosen by name: scan run {named} --config {config_file})")
+        try:
+            _apply(cfg, values)
+        except ScanError as err:
+            raise ScanError(str(err) if str(err).startswith("--config") else f"--config {config_file}: {err}") from None
     if data is not None:
         # An .npz, the preset's dataset root or image folder, or any image folder: the registry
         # knows which sources read a directory.
@@ -387,3 +401,94 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     cfg = RunConfig()
     _apply(cfg, values)
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# One line per key, printed by `scan config` (tests check that every key has one).
+
+KEY_HELP: dict[str, str] = {
+    "preset": "the preset these values start from (chosen by name: scan run PRESET)",
+    "clusters": "number of clusters K (--clusters)",
+    "seed": "random seed of every stage (--seed); same seed, same CPU type: same results",
+    "device": "auto, cpu or cuda (--device); auto picks cuda when available",
+    "data.source": "where images come from: digits, npz, folder, mnist, cifar10, cifar20, stl10, imagenet...",
+    "data.path": "the .npz file, image folder or dataset root (--data)",
+    "data.size": "base resolution S: every image is brought to S×S (--size)",
+    "data.channels": "1 (grey) or 3 (RGB)",
+    "data.mean": "per-channel mean used to normalise images in [0, 1]",
+    "data.std": "per-channel standard deviation used to normalise images in [0, 1]",
+    "data.hflip": "random horizontal flips in the training views",
+    "data.crop_scale": "[min, max] area share of the random resized crop (SimCLR views)",
+    "data.jitter": "colour jitter strength [brightness, contrast, saturation, hue]",
+    "data.jitter_p": "probability of applying the colour jitter",
+    "data.grayscale_p": "probability of turning a view grey",
+    "data.strong_ops": "random augmentation ops per strong view (cluster and self-label steps)",
+    "data.cutout": "side in pixels of the cutout square of strong views",
+    "data.labels": "auto: folder labels from sub-folder names when every image sits in one; none: no labels",
+    "data.test_fraction": "share of a folder's images held out as the test split (0: evaluate on all)",
+    "pretext.backbone": "network that computes the image features (scan presets lists them)",
+    "pretext.feature_dim": "size of the L2-normalised SimCLR projection",
+    "pretext.epochs": "SimCLR epochs (0 with pretext.weights: imported features)",
+    "pretext.batch_size": "images per SimCLR step (each gives two views)",
+    "pretext.lr": "SGD learning rate of the pretext step",
+    "pretext.momentum": "SGD momentum of the pretext step",
+    "pretext.weight_decay": "weight decay of the pretext step",
+    "pretext.temperature": "NT-Xent temperature τ",
+    "pretext.lr_decay_rate": "the cosine schedule ends at lr·rate³ (the original's η_min)",
+    "pretext.warmup_epochs": "linear learning-rate warm-up epochs",
+    "pretext.weights": "a pretext checkpoint to start from instead of training (MoCo v2 for ImageNet)",
+    "mine.k": "nearest neighbours mined per train image (the SCAN loss draws from them)",
+    "mine.val_k": "neighbours per image used by the label-free validation loss",
+    "mine.features": "mine on backbone features or on the projection output",
+    "mine.batch_size": "images per embedding pass while mining",
+    "mine.backend": "torch (exact, no extra package) or faiss (faiss-cpu's exact IndexFlatIP)",
+    "cluster.epochs": "epochs of the SCAN step",
+    "cluster.batch_size": "anchors per SCAN step",
+    "cluster.optimizer": "adam or sgd",
+    "cluster.lr": "learning rate of the SCAN step",
+    "cluster.momentum": "SGD momentum (cluster.optimizer=sgd)",
+    "cluster.weight_decay": "weight decay of the SCAN step",
+    "cluster.entropy_weight": "λ, the weight of the entropy term that keeps clusters balanced",
+    "cluster.num_heads": "cluster heads trained together; the lowest validation loss picks one",
+    "cluster.restarts": "train the SCAN step this many times and keep the lowest validation loss",
+    "cluster.update_head_only": "freeze the backbone and train the heads on cached features",
+    "cluster.include_self": "draw each anchor's partner from its k neighbours and itself, as the original did",
+    "cluster.augment": "view the SCAN step trains on: weak, simclr or strong",
+    "cluster.select_on": "split for label-free head selection: train, or test (the original)",
+    "cluster.select_entropy_weight": "entropy weight of the validation loss that selects the head",
+    "selflabel.epochs": "self-labelling epochs (0: stop after the SCAN step)",
+    "selflabel.batch_size": "images per self-label step",
+    "selflabel.optimizer": "adam or sgd",
+    "selflabel.lr": "learning rate of the self-label step",
+    "selflabel.momentum": "SGD momentum (selflabel.optimizer=sgd)",
+    "selflabel.weight_decay": "weight decay of the self-label step",
+    "selflabel.threshold": "a weak view's top probability above this makes it a pseudo-label",
+    "selflabel.class_balance": "weight the cross-entropy by inverse pseudo-label frequency",
+    "selflabel.ema": "exponential moving average of the weights (0: off; 0.999 for ImageNet)",
+    "selflabel.augment": "view the self-label step trains on: weak, simclr or strong",
+    "selflabel.min_confident": "self-label only when at least this share of train images is confident (0: always)",
+    "selflabel.max_balance_drop": "keep the self-label model only if cluster balance drops by at most this (1: always)",
+    "runtime.precision": "auto, fp32 or bf16 autocast (auto: bf16 on CUDA that supports it)",
+    "runtime.channels_last": "channels-last memory format (auto: on for CUDA)",
+    "runtime.compile": "torch.compile the network",
+    "runtime.stream": "stream decoded file datasets from disk (auto: when they do not fit in memory)",
+    "runtime.workers": "DataLoader workers that read streamed or decoded images",
+}
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """The nested values of a partial config file (YAML, the layout of RUN/config.yaml)."""
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ScanError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ScanError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ScanError(f"--config {path}: expected a mapping of sections and keys, got {type(values).__name__}")
+    return values

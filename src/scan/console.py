@@ -3,6 +3,7 @@ only when stderr is a terminal (logs and CI get the per-epoch lines alone)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
@@ -32,3 +33,42 @@ def progress(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
     if not sys.stderr.isatty():
         return iter(items)
     return iter(tqdm(items, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True))
+
+
+def stage_progress(stage: str, total_steps: int, done_steps: int = 0) -> tqdm | None:
+    """One bar for a whole stage (its steps over all epochs, with tqdm's rate and ETA) on stderr
+    when it is a terminal; None otherwise, so logs and pipes get the epoch lines alone.
+    A resumed stage starts the bar at `done_steps`. The caller calls `.update(n)` per step,
+    `.set_postfix_str(...)` for the latest loss, and `.close()` at the end."""
+    if not sys.stderr.isatty():
+        return None
+    return tqdm(total=total_steps, initial=done_steps, desc=stage, unit="step", leave=False,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+_warned_threads = False
+
+
+def busy_cores_note(threads: int, cores: int, load: float) -> str | None:
+    """The note for torch using more threads than there are idle cores (cores minus the 1-minute
+    load average, at least one), else None. Oversubscribed threads wait on each other at every
+    parallel region, which can make a run several times slower."""
+    idle = max(1, cores - round(load))
+    if threads <= idle:
+        return None
+    return (f"note: torch uses {threads} threads but only {idle} of {cores} cores look idle "
+            f"(load {load:.1f}): this run may be slow; OMP_NUM_THREADS={idle} fits the idle cores")
+
+
+def warn_busy_cores() -> None:
+    """Say once per process on stderr when torch has more threads than idle cores."""
+    global _warned_threads
+    if _warned_threads or not hasattr(os, "getloadavg"):
+        return
+    import torch
+
+    _warned_threads = True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    note = busy_cores_note(torch.get_num_threads(), cores, os.getloadavg()[0])
+    if note is not None:
+        print(f"scan: {note}", file=sys.stderr, flush=True)

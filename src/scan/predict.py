@@ -1,10 +1,11 @@
 """Apply an exported clustering model to images: `scan.load(RUN).predict(...)` in Python and
 `scan predict RUN INPUT...` on the command line.
 
-Images are prepared as in training: files are decoded like the folder source (upright, grey or
-RGB, the centred square — of `crop`·short side for ImageNet runs — resized to the base size);
-arrays are brought to the base size and channels like the array sources (`conform`); both are
-normalised with the run's mean and std. Loading reads safetensors and JSON only, never a pickle.
+Images are prepared as in training, and arrays as files: files are decoded like the folder
+source (upright, grey or RGB), and both take the centred square — of `crop`·short side for
+ImageNet runs — resized to the base size (`scan.data.arrays.prepare_images` for arrays), then
+are normalised with the run's mean and std. Arrays may be uint8 or float in [0, 1]. Loading
+reads safetensors and JSON only, never a pickle.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from scan.data.augment import weak_view
 from scan.data.decode import decode_files
 from scan.data.stream import DiskImages, Images, cpu_workers
 from scan.data.folder import list_images
+from scan.data.arrays import prepare_images
 from scan.data.splits import conform
 from scan.errors import ScanError
 from scan.models.heads import ClusteringModel
@@ -77,11 +79,17 @@ class ClusterModel:
         return self.card.get("cluster_names")
 
     def _prepare(self, images: torch.Tensor | np.ndarray | DiskImages) -> Images:
-        """uint8 N×H×W, N×H×W×C or N×C×H×W at any size -> uint8 N×C×S×S as the model expects.
-        DiskImages (a run's own streamed images) are at that size already and stay on disk."""
+        """A run's own images (uint8 N×C×S×S, or DiskImages when streamed) as the model expects:
+        at the base size already, so only the channel layout is checked (`conform`)."""
         if isinstance(images, DiskImages):
             return images
         return conform(images, self.card["input_size"], self.card["in_channels"])
+
+    def prepare(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """New images — uint8 or float in [0, 1], N×H×W, N×H×W×C or N×C×H×W, any size — as the
+        model expects (uint8 N×C×S×S): the centred square of crop·short side, resized, as image
+        files are decoded."""
+        return prepare_images(images, self.card["input_size"], self.card["in_channels"], self.card.get("crop", 1.0))
 
     def features(self, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
         """Backbone features of uint8 images (any layout `conform` accepts): float32 N×D on CPU."""
@@ -104,11 +112,11 @@ class ClusterModel:
 
     def predict(self, inputs: torch.Tensor | np.ndarray | str | Path | Sequence[str | Path],
                 batch_size: int = 256) -> Predictions:
-        """Clusters of images given as a uint8 array/tensor (N×H×W, N×H×W×C or N×C×H×W, any size)
-        or as image files and folders (searched recursively; unreadable files are skipped and
+        """Clusters of images given as an array/tensor (uint8 or float in [0, 1]; N×H×W, N×H×W×C
+        or N×C×H×W, any size; cropped and resized as files are, see `prepare`) or as image files and folders (searched recursively; unreadable files are skipped and
         listed in `skipped`)."""
         if isinstance(inputs, (torch.Tensor, np.ndarray)):
-            probs = self.probs(inputs, batch_size)
+            probs = self.probs(self.prepare(inputs), batch_size)
             return Predictions(probs.argmax(1), probs)
         paths = find_images([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
         chunks = list(self.predict_files(paths, batch_size))

@@ -16,7 +16,7 @@ import html
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,10 @@ from scan.checkpoint import STAGES, RunDir
 from scan.config import RunConfig
 from scan.console import echo
 from scan.data.sources import ImageSplits, load_source
+from scan.diagnose import (AGREEMENT_SPREAD, LOW_CONFIDENCE, SPLIT_SHARE, ClusterDoubts, best_validation_loss,
+                           cluster_doubts, load_train_neighbors, poor_solution_warning, split_warning)
 from scan.errors import ScanError
+from scan.featuremap import MAX_THUMBS, feature_map_html, pick_points
 from scan.evaluate import TABLE_KEYS, matched_names, num_classes
 from scan.knn import neighbor_accuracy
 from scan.metrics import contingency
@@ -47,6 +50,7 @@ GRID_COLUMNS = 8
 TINY_SHARE, LARGE_SHARE = 0.1, 2.0  # flagged: below 10 % or above 2× the average cluster share
 MAX_PER_CLUSTER = 256
 SPLITS = ("train", "test")
+IMPURE_SHARE = 0.8  # with labels, a cluster whose most frequent class holds less than this is flagged
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; padding: 0 1em; max-width: 1200px; color: #222; }
@@ -61,6 +65,8 @@ img { image-rendering: pixelated; max-width: 100%; }
 figure { margin: 0; }
 figcaption { font-size: .85em; color: #555; }
 nav a { margin-right: .6em; }
+.doubt { border-left: 4px solid #c60; padding-left: .8em; }
+.doubt ul { margin: .2em 0; }
 """
 
 
@@ -153,6 +159,17 @@ def composition(labels: np.ndarray, classes: list[str], top: int = 3) -> str:
     return ", ".join(f"{classes[c]} {shares[c]:.0f} %" for c in order if shares[c] >= 0.5)
 
 
+def impurity(labels: np.ndarray, classes: list[str], threshold: float = IMPURE_SHARE) -> str | None:
+    """'impure: its most frequent class, 1, holds 59 % (< 80 %)' when the majority class of a
+    cluster's labels holds less than `threshold` of them, else None."""
+    counts = np.bincount(labels, minlength=len(classes))
+    top = int(counts.argmax())
+    share = counts[top] / counts.sum()
+    if share >= threshold:
+        return None
+    return f"impure: its most frequent class, {classes[top]}, holds {share:.0%} (< {threshold:.0%})"
+
+
 # ---------------------------------------------------------------------------------------------
 # Pictures
 
@@ -208,6 +225,59 @@ def plot_confidence(confidence: np.ndarray, path: Path) -> None:
     ax.set_xlabel("confidence (probability of the assigned cluster)")
     ax.set_ylabel("images (train)")
     fig.savefig(path)
+
+
+def read_history(path: Path) -> list[dict]:
+    """The records of a stage's history.jsonl; lines that are not JSON objects are skipped."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def curve_points(records: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of `key` over the records that have it: a number, or a list (one value
+    per head, of which the lowest is taken, as head selection does). Epochs count from 1 in
+    record order when the records do not say."""
+    xs, ys = [], []
+    for i, r in enumerate(records):
+        value = r.get(key)
+        if isinstance(value, list):
+            value = min((v for v in value if isinstance(v, (int, float))), default=None)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            epoch = r.get("epoch")
+            xs.append(float(epoch) if isinstance(epoch, (int, float)) else float(i + 1))
+            ys.append(float(value))
+    return xs, ys
+
+
+def plot_curves(histories: dict[str, list[dict]], path: Path) -> bool:
+    """One panel per stage: its training loss and, where recorded, the validation loss (the
+    lowest over heads). Returns False when no stage recorded a loss (nothing written)."""
+    panels = [(stage, curve_points(rs, "loss"), curve_points(rs, "val_loss")) for stage, rs in histories.items()]
+    panels = [p for p in panels if p[1][0] or p[2][0]]
+    if not panels:
+        return False
+    fig = Figure(figsize=(3.2 * len(panels), 2.8), dpi=100, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (stage, loss, val) in zip(axes, panels):
+        if loss[0]:
+            ax.plot(*loss, color="#4477aa", lw=1.2, label="loss")
+        if val[0]:
+            twin = ax.twinx()  # the validation loss has its own scale (another entropy weight)
+            twin.plot(*val, color="#cc6677", lw=1.2, label="validation loss (best head)")
+            twin.tick_params(axis="y", colors="#cc6677", labelsize=7)
+            ax.legend(handles=ax.get_lines() + twin.get_lines(), fontsize=7, loc="upper right")
+        ax.set_title(stage, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.savefig(path)
+    return True
 
 
 def plot_confusion(matrix: np.ndarray, rows: list[str], columns: list[str], path: Path) -> None:
@@ -296,6 +366,14 @@ class ClusterView:
     shown_least: int = 0
     composition: str | None = None  # label shares (train split), when labelled
     matched: str | None = None  # the class matched on the test split, when labelled
+    flags: list[str] = field(default_factory=list)  # why the cluster is worth a look (doubtful, impure)
+
+    @property
+    def title(self) -> str:
+        """'Cluster 3 · class 7' with labels ('no matched class' when K exceeds the classes)."""
+        if self.composition is None and self.matched is None:
+            return f"Cluster {self.index}"
+        return f"Cluster {self.index} · " + (f"class {self.matched}" if self.matched else "no matched class")
 
 
 def write_report(run_dir: str | Path, per_cluster: int = 16, device: str = "auto",
@@ -333,7 +411,12 @@ def write_report(run_dir: str | Path, per_cluster: int = 16, device: str = "auto
         matched = matched_names(assigned["test"].clusters, target, k, data)
         confusion = _confusion_section(folder, target, assigned["test"].clusters, classes, matched)
     views = _cluster_views(folder, model, data, train, classes, matched, per_cluster)
-    sections = [_header(run, cfg, data, step, model), _metrics_section(run, data), _sizes_section(sizes),
+    doubts = cluster_doubts(train.clusters, train.confidence, k, load_train_neighbors(run, len(data.train)))
+    for v in views:
+        v.flags = doubts.reasons[v.index] + v.flags
+    poor = poor_solution_warning(cfg, best_validation_loss(run))
+    sections = [_header(run, cfg, data, step, model), _metrics_section(run, data), _look_section(views, doubts, poor),
+                _sizes_section(sizes), _curves_section(run, folder), _map_section(folder, model, data, train, views),
                 confusion, _neighbor_section(run, folder, data), _summary_section(views)]
     pages = [views[p:p + PER_PAGE] for p in range(0, k, PER_PAGE)]
     title = f"SCAN report: {run.root.name}"
@@ -460,10 +543,13 @@ def _cluster_views(folder: Path, model: ClusterModel, data: ImageSplits, train: 
     labels = data.train_labels.numpy() if data.train_labels is not None else None
     views = []
     for c, (m, proto) in enumerate(zip(members, protos)):
-        view = ClusterView(c, len(m), matched=matched[c] if matched is not None else None)
+        view = ClusterView(c, len(m), matched=matched[c] if matched is not None else None,
+                           composition="" if labels is not None else None)
         if len(m):
             view.mean_confidence = float(train.confidence[m].mean())
-            view.composition = composition(labels[m], classes) if labels is not None else None
+            if labels is not None:
+                view.composition = composition(labels[m], classes)
+                view.flags += [flag] if (flag := impurity(labels[m], classes)) else []
             top, least = m[:per_cluster], m[per_cluster:][-LEAST:][::-1]  # least confident first
             view.prototype, view.top, view.shown_top = f"images/c{c}-prototype.png", f"images/c{c}-top.png", len(top)
             save_montage(data.train[proto:proto + 1], folder / view.prototype, 1)
@@ -477,8 +563,8 @@ def _cluster_views(folder: Path, model: ClusterModel, data: ImageSplits, train: 
 
 def _cluster_section(v: ClusterView) -> str:
     share = f", mean confidence {v.mean_confidence:.3f}" if v.mean_confidence is not None else ""
-    title = f"Cluster {v.index}" + (f" (matched: {v.matched})" if v.matched else "")
-    facts = f"<p>{v.size} train images{share}"
+    facts = "".join(f'<p class="warn">look: {_e(flag)}</p>' for flag in v.flags)
+    facts += f"<p>{v.size} train images{share}"
     if v.matched is not None:
         facts += f"; matched to class <b>{_e(v.matched)}</b> (test split)"
     if v.composition:
@@ -492,7 +578,8 @@ def _cluster_section(v: ClusterView) -> str:
         pictures += "</div>"
     else:
         pictures = '<p class="warn">empty: no train image was assigned to this cluster</p>'
-    return f'<section class="cluster" id="cluster-{v.index}"><h3>{_e(title)}</h3>{facts}{pictures}</section>\n'
+    kind = "cluster doubt" if v.flags else "cluster"
+    return f'<section class="{kind}" id="cluster-{v.index}"><h3>{_e(v.title)}</h3>{facts}{pictures}</section>\n'
 
 
 def _summary_section(views: list[ClusterView]) -> str:
@@ -502,9 +589,53 @@ def _summary_section(views: list[ClusterView]) -> str:
         link = f'<a href="{page_file(v.index // PER_PAGE)}#cluster-{v.index}">{v.index}</a>'
         conf = f"{v.mean_confidence:.3f}" if v.mean_confidence is not None else ""
         rows.append([link, str(v.size), conf] + ([_e(v.matched or "")] if any(x.matched for x in views) else [])
-                    + ([_e(v.composition or "")] if any(x.composition for x in views) else []))
+                    + ([_e(v.composition or "")] if any(x.composition for x in views) else [])
+                    + [f'<span class="warn">{"; ".join(_e(f) for f in v.flags)}</span>'])
     header = ["cluster", "train images", "mean confidence"]
     header += ["matched class"] if any(v.matched for v in views) else []
     header += ["labels"] if any(v.composition for v in views) else []
-    return (f"<details><summary>All {len(views)} clusters in a table</summary>"
+    header += ["worth a look"]
+    return (f"<details open='open'><summary>All {len(views)} clusters in a table</summary>"
             + _table(header, rows, numeric=(1, 2)) + "</details>")
+
+
+def _look_section(views: list[ClusterView], doubts: ClusterDoubts, poor: str | None) -> str:
+    """What the cluster numbers mean, and the clusters worth a look first, with their reasons."""
+    labelled = any(v.composition is not None for v in views)
+    legend = ("<p>Cluster numbers are the model's own. " + (
+        "Each cluster is matched to one class (Hungarian matching on the test split); its title says "
+        "which, e.g. <i>Cluster 3 · class 7</i>, and the table at the end lists both." if labelled else
+        "Without labels no cluster has a class name.") + "</p>")
+    flagged = [v for v in views if v.flags]
+    legend += f'<p class="warn">{_e(poor)}</p>' if poor else ""
+    rules = (f"Flagged from the model alone: mean confidence under {LOW_CONFIDENCE}, neighbour agreement (share of an "
+             f"image's mined neighbours in its own cluster) with a standard deviation over {AGREEMENT_SPREAD}, or "
+             f"two clusters that share {SPLIT_SHARE:.0%} or more of their neighbours (one class split in two)"
+             + (f"; with labels, also a most frequent class under {IMPURE_SHARE:.0%} of the cluster." if labelled else "."))
+    if not flagged:
+        return f"<h2>Clusters worth a look</h2>{legend}<p>None. {_e(rules)}</p>"
+    items = "".join(f'<li><a href="{page_file(v.index // PER_PAGE)}#cluster-{v.index}">{_e(v.title)}</a>: '
+                    f'{"; ".join(_e(f) for f in v.flags)}</li>' for v in flagged[:50])
+    more = f"<li>… {len(flagged) - 50} more in the table at the end</li>" if len(flagged) > 50 else ""
+    split = f'<p class="warn">{_e(split_warning(doubts.pairs))}</p>' if doubts.pairs else ""
+    return f"<h2>Clusters worth a look</h2>{legend}{split}<ul>{items}{more}</ul><p>{_e(rules)}</p>"
+
+
+def _curves_section(run: RunDir, folder: Path) -> str:
+    histories = {s: read_history(run.history(s)) for s in STAGES if run.history(s).is_file()}
+    if not plot_curves(histories, folder / "images" / "curves.png"):
+        return ""
+    return ("<h2>Training curves</h2><p>Loss per epoch of each stage (RUN/&lt;stage&gt;/history.jsonl); for the "
+            "clustering step also the label-free validation loss of the best head, which selects the model.</p>"
+            + _figure("images/curves.png", "loss per epoch and stage"))
+
+
+def _map_section(folder: Path, model: ClusterModel, data: ImageSplits, train: Assigned,
+                 views: list[ClusterView]) -> str:
+    picked = pick_points(len(train.clusters))
+    index = torch.from_numpy(picked)
+    features = model.features(data.train[index])
+    titles = [_e(f"{v.title} ({v.size} images)") for v in views]
+    svg = feature_map_html(features, train.clusters[picked], data.train[index[:MAX_THUMBS]], titles, folder)
+    return (f"<h2>Map of the train features</h2><p>{len(picked)} train images placed by the first two principal "
+            f"components of their backbone features, coloured by cluster; hover over a dot to see its image.</p>" + svg)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from scan.config import DataConfig
-from scan.data import folder, imagenet, torchvision_sources
+from scan.data import arrays, folder, imagenet, torchvision_sources
 from scan.console import echo
 from scan.data.decode import check_memory, fits_in_memory
 from scan.data.splits import ImageSplits, conform
@@ -109,6 +109,7 @@ class Source:
 SOURCES: dict[str, Source] = {
     "digits": Source(load_digits_source),
     "npz": Source(load_npz_source),
+    "array": Source(arrays.load_array_source),  # scan.SCAN().fit(X): X stored as an unlabelled .npy
     "folder": Source(folder.load_folder_source, reads_dir=True),
     **{name: Source(load, reads_dir=True) for name, load in torchvision_sources.LOADERS.items()},
     **{name: Source(load, reads_dir=True) for name, load in imagenet.LOADERS.items()},
