@@ -8,17 +8,15 @@ checkpoint with every rank's random streams.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from scan.checkpoint import RunDir, load_torch, rewrite_jsonl, save_torch
-from scan.console import echo
+from scan.console import echo, stage_progress
 from scan.errors import ScanError
 from scan.training.context import RunContext
 from scan.training.optim import set_lr
@@ -125,8 +123,7 @@ def fit(
     The history record of an epoch holds its number, the mean of each step value over the steps
     taken, the number of skipped steps, the learning rate and its wall time.
     """
-    bar = tqdm(total=epochs * steps, initial=state.epoch * steps, desc=state.stage, unit="step", leave=False,
-               file=sys.stderr, dynamic_ncols=True, disable=not (ctx.is_main and sys.stderr.isatty()))
+    bar = stage_progress(state.stage, epochs * steps, state.epoch * steps) if ctx.is_main else None
     for epoch in range(state.epoch, epochs):
         start = time.perf_counter()
         if on_epoch_start is not None:
@@ -141,7 +138,8 @@ def fit(
         taken = skipped = 0
         for batch in batches(epoch):
             done = train_step(ctx, step, optimizer, batch, state.stage, epoch)
-            bar.update()
+            if bar is not None:
+                bar.update()
             if done is None:
                 skipped += 1
                 continue
@@ -165,6 +163,8 @@ def fit(
         loss = f"loss {record['loss']:.4f}" if "loss" in record else "no step taken"
         extra = f"  {describe(record)}" if describe is not None else ""
         skips = f"  skipped {skipped}/{skipped + taken}" if skipped else ""
-        bar.clear()
+        if bar is not None:
+            bar.clear()
         echo(f"{state.stage} {epoch + 1}/{epochs}  {loss}{extra}{skips}  {record['seconds']:.1f}s")
-    bar.close()
+    if bar is not None:
+        bar.close()
