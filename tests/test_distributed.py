@@ -185,3 +185,34 @@ def test_killing_one_rank_stops_the_launch_and_the_same_command_resumes(tmp_path
     assert again.returncode == 0, output[-3000:]
     assert "pretext: resuming after epoch" in (out / "log.txt").read_text()
     assert json.loads((out / "metrics.json").read_text())["cluster"]["acc"] > 0
+
+
+def _context(rank: int, world: int = WORLD) -> RunContext:
+    return RunContext(Runtime(torch.device("cpu")), Launch(rank, world, rank), Collectives(rank, world))
+
+
+def test_the_shuffle_stream_is_shared_and_the_augmentation_stream_is_per_rank():
+    draws = []
+    for rank in range(WORLD):
+        ctx = _context(rank)
+        ctx.seed_stage(5)
+        draws.append((torch.randperm(10, generator=ctx.shuffle), torch.rand(3)))
+    assert torch.equal(draws[0][0], draws[1][0])
+    assert not torch.equal(draws[0][1], draws[1][1])
+    torch.manual_seed(5)
+    assert torch.equal(draws[0][1], torch.rand(3))  # rank 0 draws as a single process does
+
+
+def test_each_rank_takes_its_share_of_every_global_batch():
+    from scan.training.batches import shuffled_batches
+
+    def batches(rank: int, world: int) -> list[torch.Tensor]:
+        ctx = _context(rank, world)
+        ctx.shuffle.manual_seed(3)
+        return list(shuffled_batches(ctx, 50, 8))
+
+    single = batches(0, 1)
+    ranks = [batches(r, WORLD) for r in range(WORLD)]
+    assert len(single) == 6 and all(len(r) == 6 for r in ranks)
+    for step, whole in enumerate(single):
+        assert torch.equal(torch.cat([r[step] for r in ranks]), whole)
