@@ -237,7 +237,7 @@ def _evaluate(ns: argparse.Namespace) -> None:
     from scan.config import preset_names
     from scan.console import set_log_file
     from scan.evaluate import evaluate_run
-    from scan.pipeline import read_config
+    from scan.rundir import open_existing
     from scan.training.context import resolve_device
 
     if ns.model is not None:
@@ -251,7 +251,7 @@ def _evaluate(ns: argparse.Namespace) -> None:
     if not run.config.is_file() and ns.target in preset_names():
         raise ScanError(f"{ns.target} is a preset, not a run directory; to evaluate a checkpoint file on its "
                         f"test split add --model FILE")
-    cfg = read_config(run)
+    run, cfg = open_existing(run.root, "evaluate")
     set_log_file(run.log)
     evaluate_run(run, cfg, resolve_device(ns.device))
 
@@ -361,6 +361,12 @@ def main(argv: list[str] | None = None) -> int:
             COMMANDS[ns.command](ns)
     except ScanError as err:
         print(f"scan: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        # The system refused a read or write that no reader or writer of scan's own turned into a
+        # ScanError (a full disk under the report's images, say): still one line.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"scan: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("scan: interrupted; run the same command again to resume", file=sys.stderr)

@@ -21,7 +21,9 @@ def set_log_file(path: Path | None) -> None:
 
 
 def echo(message: str) -> None:
-    """Print one line and append it to the run's log.txt."""
+    """Print one line and append it to the run's log.txt. File names that are not valid UTF-8
+    (their bytes kept as surrogates by Python) are shown with U+FFFD in their place."""
+    message = message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     print(message, flush=True)
     if _log_path is not None:
         with open(_log_path, "a", encoding="utf-8") as f:
