@@ -265,6 +265,7 @@ def _report(ns: argparse.Namespace) -> None:
 
 
 def _predict(ns: argparse.Namespace) -> None:
+    from scan.console import printable
     from scan.predict import find_images, load, write_csv
 
     if ns.batch_size < 1:
@@ -273,13 +274,15 @@ def _predict(ns: argparse.Namespace) -> None:
     paths = find_images(ns.inputs)
 
     def skipped(path: str) -> None:
-        print(f"scan: warning: skipped {path}: not a readable image", file=sys.stderr)
+        print(f"scan: warning: skipped {printable(path)}: not a readable image", file=sys.stderr)
 
     if ns.output is None:
+        if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 keep their bytes, as `ls` shows them
+            sys.stdout.reconfigure(errors="surrogateescape")
         write_csv(model.predict_files(paths, ns.batch_size), sys.stdout, model.cluster_names, on_skip=skipped)
         return
     try:
-        out = open(ns.output, "w", newline="", encoding="utf-8")
+        out = open(ns.output, "w", newline="", encoding="utf-8", errors="surrogateescape")
     except OSError as err:
         raise ScanError(f"cannot write --output {ns.output}: {err.strerror}") from None
     with out:
