@@ -51,7 +51,6 @@ class RunLock:
     _held: weakref.WeakValueDictionary[str, RunLock] = weakref.WeakValueDictionary()
 
     def __init__(self, run: RunDir, fd: int, created: Path | None) -> None:
-        self.fd = fd
         weakref.finalize(self, _release, fd, run.root, created, os.getpid())
 
     @classmethod

@@ -17,7 +17,7 @@ def test_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(tmp_pa
     writer = start_cli(tmp_path / "cache", "run", "--out", out, *TINY, "pretext.epochs=500")
     try:
         for line in writer.stdout:
-            if line.startswith("pretext epoch 1/"):
+            if line.startswith("pretext 1/"):
                 break
         pid = f"pid {writer.pid}"
         for extra in ([], ["--force"], ["pretext.epochs=4"]):

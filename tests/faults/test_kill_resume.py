@@ -14,8 +14,8 @@ from faultkit import TINY, snapshot, start_cli
 # Lines a run prints as it goes, in order; each kill waits for one of them (or a later one, when
 # the point was passed while the process resumed), then a random delay, then SIGKILL. Together
 # they put kills in every stage, the evaluation included.
-EVENTS = ("data:", "pretext epoch 1/", "pretext epoch 2/", "pretext epoch 3/", "mine:", "cluster epoch 1/",
-          "cluster epoch 2/", "cluster epoch 3/", "selflabel epoch 1/", "selflabel epoch 2/")
+EVENTS = ("data:", "pretext 1/", "pretext 2/", "pretext 3/", "mine:", "cluster 1/", "cluster 2/", "cluster 3/",
+          "selflabel 1/", "selflabel 2/")
 
 
 def _metrics(run: Path) -> dict:

@@ -79,7 +79,7 @@ def test_changed_images_rerun_every_stage_and_are_refused_by_readers(tmp_path, c
     result = run_cli(capsys, *args)
     assert result.code == 0
     assert "data: the images differ from those this run was built from" in result.out
-    assert "finished earlier" not in result.out and "pretext epoch 1/3" in result.out
+    assert "finished earlier" not in result.out and "pretext 1/3" in result.out
     assert run_cli(capsys, "evaluate", tmp_path / "run", "--device", "cpu").code == 0
 
 
