@@ -198,8 +198,7 @@ def exported(finished_run, tmp_path) -> Path:
     folder.mkdir()
     for name in ("model.json", "model.safetensors"):
         shutil.copy(finished_run / "selflabel" / name, folder / name)
-    (tmp_path / "img.png").write_bytes((finished_run / ".." / "img.png").read_bytes()
-                                       if (finished_run / ".." / "img.png").exists() else _png())
+    (tmp_path / "img.png").write_bytes(_png())
     return folder
 
 

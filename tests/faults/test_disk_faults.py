@@ -12,7 +12,6 @@ import pytest
 
 from faultkit import TINY, assert_one_line_error, copy_run, finished_run, own_cache, run_cli, snapshot  # noqa: F401
 
-from scan.checkpoint import RunDir
 
 
 @pytest.fixture
