@@ -251,7 +251,7 @@ def _evaluate(ns: argparse.Namespace) -> None:
     if not run.config.is_file() and ns.target in preset_names():
         raise ScanError(f"{ns.target} is a preset, not a run directory; to evaluate a checkpoint file on its "
                         f"test split add --model FILE")
-    run, cfg = open_existing(run.root, "evaluate")
+    run, cfg = open_existing(run.root)
     set_log_file(run.log)
     evaluate_run(run, cfg, resolve_device(ns.device))
 

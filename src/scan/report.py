@@ -386,7 +386,7 @@ def write_report(run_dir: str | Path, per_cluster: int = 16, device: str = "auto
     """
     if not 1 <= per_cluster <= MAX_PER_CLUSTER:
         raise ScanError(f"--per-cluster must be between 1 and {MAX_PER_CLUSTER}, got {per_cluster}")
-    run, cfg = open_existing(run_dir, "report")
+    run, cfg = open_existing(run_dir)
     step = final_step(run)
     model = load(run.root, device)
     data = data if data is not None else load_source(cfg.data, cfg.runtime.stream)

@@ -54,7 +54,7 @@ class RunLock:
         weakref.finalize(self, _release, fd, run.root, created, os.getpid())
 
     @classmethod
-    def acquire(cls, run: RunDir, command: str, created: Path | None = None) -> RunLock:
+    def acquire(cls, run: RunDir, created: Path | None = None) -> RunLock:
         """The run's lock for this process (shared with an earlier holder in this process); a
         ScanError naming the pid of another process that holds it. `created`: the first folder
         that was made for this run, removed again on release if nothing was recorded in it."""
@@ -71,8 +71,8 @@ class RunLock:
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
-            raise ScanError(f"{run.root} is in use by another scan process (pid {holder}); {command} waits for "
-                            f"no one: let that process finish (or stop it), or choose another --out") from None
+            raise ScanError(f"{run.root} is in use by another scan process (pid {holder}); wait for it to finish "
+                            f"(or stop it), or use another run directory") from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -145,13 +145,13 @@ def _prepare_folder(run: RunDir) -> Path | None:
     return created
 
 
-def open_run(cfg: RunConfig, out: str | Path | None, force: bool, command: str = "scan") -> RunDir:
+def open_run(cfg: RunConfig, out: str | Path | None, force: bool) -> RunDir:
     """Create or reopen the run directory for writing, under its lock; refuse a folder that is
     not a run, and one that holds another config unless forced. With `force`, finished stages
     whose files are damaged are removed, to be rebuilt. The config is written by `commit_config`,
     once the data has been checked against it."""
     run = RunDir(out if out is not None else Path("runs") / cfg.preset)
-    run.lock_held = RunLock.acquire(run, command, created=_prepare_folder(run))
+    run.lock_held = RunLock.acquire(run, created=_prepare_folder(run))
     if not run.marker.is_file():
         save_text("This folder is a scan run directory: scan writes into, and cleans, only folders holding this file.\n",
                   run.marker)
@@ -284,14 +284,14 @@ def _damaged_config(run: RunDir, reason: str) -> ScanError:
                      f"preset and options to replace it")
 
 
-def open_existing(path: str | Path, command: str) -> tuple[RunDir, RunConfig]:
+def open_existing(path: str | Path) -> tuple[RunDir, RunConfig]:
     """A finished or running run directory for a command that writes into it (`evaluate`,
     `report`): its config, under its lock."""
     run = RunDir(Path(path))
     if not run.root.is_dir():
         raise ScanError(f"{path}: no such run directory")
     cfg = read_config(run)
-    run.lock_held = RunLock.acquire(run, command)
+    run.lock_held = RunLock.acquire(run)
     return run, cfg
 
 

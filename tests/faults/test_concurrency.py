@@ -37,5 +37,5 @@ def test_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(tmp_pa
     run = RunDir(out)
     assert writer_pid(run) is None  # the kernel dropped the dead writer's lock
     assert (out / ".lock").read_text().strip() == str(writer.pid)
-    run.lock_held = RunLock.acquire(run, "test")
+    run.lock_held = RunLock.acquire(run)
     assert (out / ".lock").read_text().strip() != str(writer.pid)
