@@ -173,16 +173,15 @@ def run_warnings(out: Path, cfg: RunConfig) -> list[str | None]:
 
 
 def _split_warning(run: RunDir, cfg: RunConfig) -> str | None:
-    import numpy as np
-
+    from scan.checkpoint import read_npy
     from scan.data.sources import load_source
     from scan.diagnose import neighbor_exchange, split_pairs, split_warning
     from scan.predict import load
 
     path = run.stage("mine") / "neighbors.npy"
-    if not path.is_file() or np.load(path, mmap_mode="r").shape[0] > CLOSING_MAX_TRAIN:
+    if not path.is_file() or read_npy(path, mmap=True).shape[0] > CLOSING_MAX_TRAIN:
         return None
-    neighbors = np.load(path)
+    neighbors = read_npy(path)
     data = load_source(cfg.data, cfg.runtime.stream)
     if len(data.train) != neighbors.shape[0]:
         return None

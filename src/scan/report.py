@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import math
 import shutil
 from dataclasses import dataclass, field

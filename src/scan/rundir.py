@@ -126,10 +126,11 @@ def _remove_if_unused(root: Path, top: Path) -> None:
             folder.rmdir()
 
 
-def _prepare_folder(run: RunDir) -> Path | None:
-    """Create the folder or check that `scan` may write into it. Returns the first folder that
-    this created (`run.root` or one above it), or None when it existed."""
-    root = run.root
+def claim_folder(root: Path) -> Path | None:
+    """Make `root` a run directory: create it (with its marker) or check that `scan` may write
+    into it (new, empty, marked, or a run made before the marker), marking it when it is not yet.
+    Returns the first folder this created (`root` or one above it), or None when it existed."""
+    run = RunDir(root)
     if root.exists() and not root.is_dir():
         raise ScanError(f"--out {root} is a file, not a folder")
     if root.is_dir() and not is_run_dir(root) and any(root.iterdir()):
@@ -142,6 +143,9 @@ def _prepare_folder(run: RunDir) -> Path | None:
         raise ScanError(f"cannot create --out {root}: {err.strerror}") from None
     if not os.access(root, os.W_OK):
         raise ScanError(f"cannot write to --out {root}: permission denied")
+    if not run.marker.is_file():
+        save_text("This folder is a scan run directory: scan writes into, and cleans, only folders holding this file.\n",
+                  run.marker)
     return created
 
 
@@ -151,10 +155,7 @@ def open_run(cfg: RunConfig, out: str | Path | None, force: bool) -> RunDir:
     whose files are damaged are removed, to be rebuilt. The config is written by `commit_config`,
     once the data has been checked against it."""
     run = RunDir(out if out is not None else Path("runs") / cfg.preset)
-    run.lock_held = RunLock.acquire(run, created=_prepare_folder(run))
-    if not run.marker.is_file():
-        save_text("This folder is a scan run directory: scan writes into, and cleans, only folders holding this file.\n",
-                  run.marker)
+    run.lock_held = RunLock.acquire(run, created=claim_folder(run.root))
     remove_stale_temps([run.root, *(run.stage(s) for s in STAGES)])
     new = cfg.to_dict()
     old = _recorded_config(run, force)
