@@ -32,7 +32,7 @@ from scan.errors import ScanError
 
 def _same_config(folder: Path, cfg: RunConfig) -> bool:
     """True when folder/config.yaml holds `cfg` up to the keys a run may change (device, runtime)."""
-    from scan.pipeline import RUNTIME_KEYS
+    from scan.rundir import RUNTIME_KEYS
 
     try:
         old = config_from_dict(yaml.safe_load((folder / "config.yaml").read_text()) or {}).to_dict()
@@ -179,6 +179,7 @@ class SCAN:
         from scan.config import validate
         from scan.console import warn_busy_cores
         from scan.pipeline import run_pipeline
+        from scan.rundir import claim_folder
 
         cfg = self.config()
         if self.out is not None:
@@ -186,6 +187,7 @@ class SCAN:
         else:
             self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="scan-")
             root = Path(self._tmp.name)
+        claim_folder(root)  # a run directory before the images are stored in it
         settings = _write_training_images(X, root / "inputs")
         cfg.data = dataclasses.replace(cfg.data, **settings)
         validate(cfg)

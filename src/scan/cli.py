@@ -173,16 +173,15 @@ def run_warnings(out: Path, cfg: RunConfig) -> list[str | None]:
 
 
 def _split_warning(run: RunDir, cfg: RunConfig) -> str | None:
-    import numpy as np
-
+    from scan.checkpoint import read_npy
     from scan.data.sources import load_source
     from scan.diagnose import neighbor_exchange, split_pairs, split_warning
     from scan.predict import load
 
     path = run.stage("mine") / "neighbors.npy"
-    if not path.is_file() or np.load(path, mmap_mode="r").shape[0] > CLOSING_MAX_TRAIN:
+    if not path.is_file() or read_npy(path, mmap=True).shape[0] > CLOSING_MAX_TRAIN:
         return None
-    neighbors = np.load(path)
+    neighbors = read_npy(path)
     data = load_source(cfg.data, cfg.runtime.stream)
     if len(data.train) != neighbors.shape[0]:
         return None
@@ -237,7 +236,7 @@ def _evaluate(ns: argparse.Namespace) -> None:
     from scan.config import preset_names
     from scan.console import set_log_file
     from scan.evaluate import evaluate_run
-    from scan.pipeline import read_config
+    from scan.rundir import open_existing
     from scan.training.context import resolve_device
 
     if ns.model is not None:
@@ -251,7 +250,7 @@ def _evaluate(ns: argparse.Namespace) -> None:
     if not run.config.is_file() and ns.target in preset_names():
         raise ScanError(f"{ns.target} is a preset, not a run directory; to evaluate a checkpoint file on its "
                         f"test split add --model FILE")
-    cfg = read_config(run)
+    run, cfg = open_existing(run.root)
     set_log_file(run.log)
     evaluate_run(run, cfg, resolve_device(ns.device))
 
@@ -265,6 +264,7 @@ def _report(ns: argparse.Namespace) -> None:
 
 
 def _predict(ns: argparse.Namespace) -> None:
+    from scan.console import printable
     from scan.predict import find_images, load, write_csv
 
     if ns.batch_size < 1:
@@ -273,13 +273,15 @@ def _predict(ns: argparse.Namespace) -> None:
     paths = find_images(ns.inputs)
 
     def skipped(path: str) -> None:
-        print(f"scan: warning: skipped {path}: not a readable image", file=sys.stderr)
+        print(f"scan: warning: skipped {printable(path)}: not a readable image", file=sys.stderr)
 
     if ns.output is None:
+        if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 keep their bytes, as `ls` shows them
+            sys.stdout.reconfigure(errors="surrogateescape")
         write_csv(model.predict_files(paths, ns.batch_size), sys.stdout, model.cluster_names, on_skip=skipped)
         return
     try:
-        out = open(ns.output, "w", newline="", encoding="utf-8")
+        out = open(ns.output, "w", newline="", encoding="utf-8", errors="surrogateescape")
     except OSError as err:
         raise ScanError(f"cannot write --output {ns.output}: {err.strerror}") from None
     with out:
@@ -361,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
             COMMANDS[ns.command](ns)
     except ScanError as err:
         print(f"scan: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        # The system refused a read or write that no reader or writer of scan's own turned into a
+        # ScanError (a full disk under the report's images, say): still one line.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"scan: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("scan: interrupted; run the same command again to resume", file=sys.stderr)

@@ -22,6 +22,8 @@ SECTIONS = ("data", "pretext", "mine", "cluster", "selflabel", "runtime")
 OPTIMIZERS = ("sgd", "adam")
 VIEW_NAMES = ("weak", "simclr", "strong")
 DEVICES = ("auto", "cpu", "cuda")
+# Seeds are 32-bit, as numpy's are (each stage derives its own from seed·1000, pipeline.run_stage).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -329,6 +331,8 @@ def validate(cfg: RunConfig) -> None:
         "cluster.epochs", "cluster.batch_size", "cluster.lr", "cluster.num_heads", "cluster.restarts",
         "selflabel.batch_size", "selflabel.lr",
     ])
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ScanError(f"--seed must be between 0 and {MAX_SEED}, got {cfg.seed}")
     if cfg.clusters < 2:
         raise ScanError(f"--clusters must be at least 2, got {cfg.clusters}")
     if cfg.data.channels not in (1, 3):
@@ -336,6 +340,11 @@ def validate(cfg: RunConfig) -> None:
     for key in ("mean", "std"):
         if len(getattr(cfg.data, key)) != cfg.data.channels:
             raise ScanError(f"data.{key} needs {cfg.data.channels} values (one per channel)")
+    # Pixels are scaled to [0, 1] before normalisation; a zero std divides by zero (a NaN loss).
+    if not all(0 <= m <= 1 for m in cfg.data.mean):
+        raise ScanError(f"data.mean must lie in [0, 1] (pixels are scaled to [0, 1]), got {cfg.data.mean}")
+    if not all(s > 0 for s in cfg.data.std):
+        raise ScanError(f"data.std must be > 0 for every channel, got {cfg.data.std}")
     if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
         raise ScanError(f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {cfg.data.crop_scale}")
     if len(cfg.data.jitter) != 4:

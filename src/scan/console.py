@@ -20,8 +20,15 @@ def set_log_file(path: Path | None) -> None:
     _log_path = path
 
 
+def printable(text: str) -> str:
+    """`text` with the bytes of file names that are not valid UTF-8 (kept by Python as
+    surrogates) shown as U+FFFD, so it can be printed and logged anywhere."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def echo(message: str) -> None:
-    """Print one line and append it to the run's log.txt."""
+    """Print one line and append it to the run's log.txt (as `printable`)."""
+    message = printable(message)
     print(message, flush=True)
     if _log_path is not None:
         with open(_log_path, "a", encoding="utf-8") as f:

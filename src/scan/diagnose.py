@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scan.checkpoint import RunDir
+from scan.checkpoint import RunDir, read_npy
 from scan.config import RunConfig
 
 SPLIT_SHARE = 0.15
@@ -121,7 +121,7 @@ def load_train_neighbors(run: RunDir, n_train: int) -> np.ndarray | None:
     path = run.stage("mine") / "neighbors.npy"
     if not path.is_file():
         return None
-    neighbors = np.load(path)
+    neighbors = read_npy(path)
     return neighbors if neighbors.shape[0] == n_train else None
 
 

@@ -3,3 +3,7 @@
 
 class ScanError(Exception):
     """A problem with the user's input or run directory, explained in one line."""
+
+
+class WriteError(ScanError):
+    """A file could not be written (disk full, read-only folder); what was written before stays."""

@@ -14,6 +14,7 @@ from scan.data.stream import Images
 from scan.knn import neighbor_accuracy
 from scan.metrics import cluster_diagnostics, cluster_metrics, hungarian_match
 from scan.predict import ClusterModel
+from scan.rundir import check_data
 from scan.stages.artifacts import (final_reason, final_step, load_exported_model, load_neighbors, read_model_card,
                                    set_cluster_names)
 
@@ -44,6 +45,7 @@ def matched_names(pred: np.ndarray, target: np.ndarray, num_clusters: int, data:
 def evaluate_run(run: RunDir, cfg: RunConfig, device: torch.device, data: ImageSplits | None = None) -> dict:
     """Compute and write RUN/metrics.json; print the metrics table. Labels are read here only."""
     data = data if data is not None else load_source(cfg.data, cfg.runtime.stream)
+    check_data(run, data)
     labelled = data.test_labels is not None
     metrics: dict = {}
     if run.done("mine").is_file() and data.train_labels is not None:

@@ -6,7 +6,6 @@ ranks meet at barriers wherever one reads what rank 0 wrote.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import zlib
@@ -15,58 +14,16 @@ from pathlib import Path
 from typing import Iterator
 
 import torch.distributed
-import yaml
 
-from scan.checkpoint import RunDir, save_json, save_text
-from scan.config import RunConfig, config_diff, config_from_dict, fingerprint
-from scan.console import echo, set_log_file
+from scan.checkpoint import RunDir, save_json
+from scan.config import RunConfig, fingerprint
+from scan.console import echo
 from scan.data.sources import ImageSplits, load_source
 from scan.errors import ScanError
 from scan.evaluate import evaluate_run
+from scan.rundir import commit_config, open_run
 from scan.stage_table import STAGE_NAMES, stage_spec
 from scan.training.context import RunContext
-
-# Keys that may change between invocations of one run without invalidating it.
-RUNTIME_KEYS = ("device", "runtime.")
-
-
-def open_run(cfg: RunConfig, out: str | Path | None, force: bool) -> RunDir:
-    """Create or reopen the run directory; refuse one that holds another config unless forced.
-    The config is written by `commit_config`, once the data has been checked against it."""
-    run = RunDir(out if out is not None else Path("runs") / cfg.preset)
-    try:
-        run.root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ScanError(f"cannot create --out {run.root}: {err.strerror}") from None
-    if not os.access(run.root, os.W_OK):
-        raise ScanError(f"cannot write to --out {run.root}: permission denied")
-    new = cfg.to_dict()
-    if run.config.is_file():
-        # Filled with today's defaults, so keys added since that run was made are not a change.
-        old = config_from_dict(yaml.safe_load(run.config.read_text()) or {}).to_dict()
-        changes = [line for line in config_diff(old, new) if not line.startswith(RUNTIME_KEYS)]
-        if changes and not force:
-            raise ScanError(
-                f"{run.root} holds a run with another config ({'; '.join(changes[:3])}"
-                f"{'; ...' if len(changes) > 3 else ''}); pass --force to rerun the changed stages or choose another --out"
-            )
-    set_log_file(run.log)
-    return run
-
-
-def commit_config(run: RunDir, cfg: RunConfig, data: ImageSplits | None = None) -> None:
-    """Record the resolved config as the run's own (RUN/config.yaml), and the files the data
-    source skipped as unreadable (RUN/skipped.txt)."""
-    save_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), run.config)
-    if data is not None and data.skipped:
-        save_text("".join(f"{path}\n" for path in data.skipped), run.root / "skipped.txt")
-
-
-def read_config(run: RunDir) -> RunConfig:
-    """The resolved config stored in an existing run directory."""
-    if not run.config.is_file():
-        raise ScanError(f"{run.root} is not a run directory (no config.yaml)")
-    return config_from_dict(yaml.safe_load(run.config.read_text()))
 
 
 def load_data(cfg: RunConfig) -> ImageSplits:

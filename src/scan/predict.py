@@ -28,6 +28,7 @@ from scan.data.arrays import prepare_images
 from scan.data.splits import conform
 from scan.errors import ScanError
 from scan.models.heads import ClusteringModel
+from scan.rundir import warn_if_written
 from scan.stages.artifacts import final_step, load_exported_model
 from scan.training.batches import infer
 from scan.training.context import resolve_device
@@ -146,6 +147,7 @@ def load(path: str | Path, device: str | torch.device = "auto") -> ClusterModel:
         folder = root
     elif (root / "config.yaml").is_file():
         run = RunDir(root)
+        warn_if_written(run)
         folder = run.stage(final_step(run))
     elif root.exists():
         raise ScanError(f"{path} is neither a run directory nor a folder with model.json and model.safetensors")

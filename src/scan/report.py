@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 import shutil
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
-from scan.checkpoint import STAGES, RunDir
+from scan.checkpoint import STAGES, RunDir, read_json, save_text
 from scan.config import RunConfig
 from scan.console import echo
 from scan.data.sources import ImageSplits, load_source
@@ -36,9 +37,9 @@ from scan.featuremap import MAX_THUMBS, feature_map_html, pick_points
 from scan.evaluate import TABLE_KEYS, matched_names, num_classes
 from scan.knn import neighbor_accuracy
 from scan.metrics import contingency
-from scan.pipeline import read_config
 from scan.predict import ClusterModel, load
-from scan.stages.artifacts import final_step
+from scan.rundir import check_data, open_existing
+from scan.stages.artifacts import final_step, load_neighbors
 
 PER_PAGE = 50  # cluster sections per HTML page: 1,000 clusters give 20 pages of ~150 small PNGs
 LEAST, LEAST_COLUMNS = 8, 4  # least confident images shown per cluster, in 2 rows beside the grid
@@ -386,11 +387,11 @@ def write_report(run_dir: str | Path, per_cluster: int = 16, device: str = "auto
     """
     if not 1 <= per_cluster <= MAX_PER_CLUSTER:
         raise ScanError(f"--per-cluster must be between 1 and {MAX_PER_CLUSTER}, got {per_cluster}")
-    run = RunDir(Path(run_dir))
-    cfg = read_config(run)
+    run, cfg = open_existing(run_dir)
     step = final_step(run)
     model = load(run.root, device)
     data = data if data is not None else load_source(cfg.data, cfg.runtime.stream)
+    check_data(run, data)
     echo(f"report: the {step} model on {len(data.train)} train and {len(data.test)} test images")
     assigned = {s: Assigned(*(t.numpy() for t in model.assign(data.images(s)))) for s in SPLITS}
     write_assignments(run.root / "assignments.csv", data, assigned)
@@ -437,14 +438,15 @@ def write_assignments(path: Path, data: ImageSplits, assigned: dict[str, Assigne
     the class name when the source names its classes."""
     with_labels = any(data.labels(s) is not None for s in SPLITS)
     names = data.classes
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["id", "split", "cluster", "confidence"] + (["label"] if with_labels else []))
-        for split in SPLITS:
-            a, labels = assigned[split], data.labels(split)
-            shown = [""] * len(a.clusters) if labels is None else [names[y] if names else y for y in labels.tolist()]
-            for ident, cluster, conf, label in zip(data.ids(split), a.clusters.tolist(), a.confidence, shown):
-                writer.writerow([ident, split, cluster, f"{conf:.6f}"] + ([label] if with_labels else []))
+    text = io.StringIO()  # then written atomically: a failed write leaves no partial file
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["id", "split", "cluster", "confidence"] + (["label"] if with_labels else []))
+    for split in SPLITS:
+        a, labels = assigned[split], data.labels(split)
+        shown = [""] * len(a.clusters) if labels is None else [names[y] if names else y for y in labels.tolist()]
+        for ident, cluster, conf, label in zip(data.ids(split), a.clusters.tolist(), a.confidence, shown):
+            writer.writerow([ident, split, cluster, f"{conf:.6f}"] + ([label] if with_labels else []))
+    save_text(text.getvalue(), path)
 
 
 def _class_names(data: ImageSplits) -> list[str] | None:
@@ -456,8 +458,8 @@ def _class_names(data: ImageSplits) -> list[str] | None:
 def _header(run: RunDir, cfg: RunConfig, data: ImageSplits, step: str, model: ClusterModel) -> str:
     stages = []
     for stage in STAGES:
-        if run.done(stage).is_file():
-            done = json.loads(run.done(stage).read_text())
+        done = run.done_record(stage)
+        if done is not None:
             imported = done.get("summary", {}).get("imported")
             stages.append(f"{stage} (imported from {_e(imported)})" if imported else f"{stage} {done['seconds']:.1f} s")
     source = cfg.data.source + (f" ({cfg.data.path})" if cfg.data.path else "")
@@ -478,7 +480,7 @@ def _metrics_section(run: RunDir, data: ImageSplits) -> str:
         return "<p>The dataset has no labels, so the clusters are shown as found, without scores.</p>"
     if not run.metrics.is_file():
         return "<p>No metrics.json yet: run <code>scan evaluate</code> on this run for the test metrics.</p>"
-    metrics = json.loads(run.metrics.read_text())
+    metrics = read_json(run.metrics)
     steps = [s for s in ("cluster", "selflabel") if metrics.get(s)]
     keys = [k for k in TABLE_KEYS if any(k in metrics[s] for s in steps)]
     if not keys:
@@ -511,7 +513,7 @@ def _neighbor_section(run: RunDir, folder: Path, data: ImageSplits) -> str:
     path = run.stage("mine") / "neighbors.npy"
     if not path.is_file():
         return "<h2>Neighbours</h2><p>This run has no mined neighbours (no mine stage).</p>"
-    neighbors = torch.from_numpy(np.load(path))
+    neighbors = load_neighbors(run)[0]
     if neighbors.shape[0] != len(data.train):
         return "<h2>Neighbours</h2><p>The mined neighbours do not match the current train split; rerun mine.</p>"
     shown = min(NEIGHBORS_SHOWN, neighbors.shape[1])

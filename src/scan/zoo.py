@@ -34,7 +34,8 @@ from scan.metrics import cluster_metrics
 from scan.models.backbones import build_backbone
 from scan.models.heads import ClusteringModel, ContrastiveModel
 from scan.models.pretrained import moco_to_scan_keys
-from scan.pipeline import commit_config, load_data, open_run
+from scan.pipeline import load_data
+from scan.rundir import commit_config, open_run
 from scan.predict import ClusterModel
 from scan.stages.artifacts import model_card, save_clustering_model, save_pretext_model
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scan.checkpoint import save_text
+from scan.checkpoint import remove_stale_temps, save_text, temp_path
 from scan.console import echo, progress
 from scan.data.stream import DiskImages, Images
-from scan.errors import ScanError
+from scan.errors import ScanError, WriteError
 
 # Case-insensitive file extensions read as images; any other file is ignored silently.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -241,6 +241,8 @@ def decode_cached(root: Path, files: list[str], size: int, channels: int, crop: 
     """
     key = cache_key(root, files, size, channels, crop)
     folder = cache_root() / "decoded"
+    for stale in remove_stale_temps([folder]):  # what decodes that were killed left behind
+        echo(f"{what}: removed {stale.name}, a partial decode left by a process that is gone")
     npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
     decoded = _read_cache(npy, meta)
     if decoded is None:
@@ -282,7 +284,7 @@ def _decode_to_cache(paths: list[str], files: list[str], settings: tuple[int, in
     else:
         reason = f"{nbytes / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free in {npy.parent}"
     if free >= nbytes + DISK_MARGIN:
-        tmp = npy.with_name(npy.name + f".{os.getpid()}.tmp")
+        tmp = temp_path(npy)
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
             _, ok = decode_files(paths, size, channels, crop, workers, out=out)
@@ -292,7 +294,7 @@ def _decode_to_cache(paths: list[str], files: list[str], settings: tuple[int, in
             ids, skipped = [files[i] for i in ok], _skipped(files, ok)
             save_text(json.dumps({"ids": ids, "skipped": skipped}), meta)
             return Decoded(DiskImages(npy, length=len(ok)), ids, skipped)
-        except OSError as err:
+        except (OSError, WriteError) as err:
             reason = f"could not write {npy.parent}: {err}"
         finally:
             tmp.unlink(missing_ok=True)  # gone after the rename; what an error or interrupt left

@@ -15,6 +15,7 @@ evaluation only).
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,7 +27,7 @@ from scan.config import DataConfig
 from scan.data import arrays, folder, imagenet, torchvision_sources
 from scan.console import echo
 from scan.data.decode import check_memory, fits_in_memory
-from scan.data.splits import ImageSplits, conform
+from scan.data.splits import CHANNEL_COUNTS, ImageSplits, conform
 from scan.errors import ScanError
 
 
@@ -57,9 +58,29 @@ def load_digits_source(cfg: DataConfig) -> ImageSplits:
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
+def npz_members(path: Path, archive: np.lib.npyio.NpzFile) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each array in an .npz, read from the .npy headers without inflating the
+    data. A member whose data is shorter than its header declares is a ScanError."""
+    members = {}
+    for info in archive.zip.infolist():
+        name = info.filename.removesuffix(".npy")
+        with archive.zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if info.file_size < declared:
+                raise ScanError(f"--data {path}: array {name} declares {shape} {dtype} "
+                                f"({declared:,} bytes) but holds {info.file_size:,}; the file is damaged")
+        members[name] = (shape, dtype)
+    return members
+
+
 def load_npz_source(cfg: DataConfig) -> ImageSplits:
     """An .npz with x_train, y_train, x_test, y_test (and optional classes); images uint8
-    N×H×W or N×H×W×C, labels integers."""
+    N×H×W or N×H×W×C (C = 1, 3, or 4 with alpha dropped), labels integers in 0..C−1 where C is
+    the number of `classes` (any value ≥ 0 without them). The arrays' declared sizes are checked
+    against the memory available before any is inflated."""
     if cfg.path is None:
         raise ScanError("the npz source needs a file: pass --data FILE.npz")
     path = Path(cfg.path)
@@ -67,23 +88,38 @@ def load_npz_source(cfg: DataConfig) -> ImageSplits:
         raise ScanError(f"--data {path}: no such file")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an archive of named arrays")
+        with archive:
+            members = npz_members(path, archive)
+            missing = [name for name in NPZ_ARRAYS if name not in members]
+            if missing:
+                raise ScanError(f"--data {path}: missing array(s) {', '.join(missing)} (needs {', '.join(NPZ_ARRAYS)})")
+            wanted = [*NPZ_ARRAYS, *(["classes"] if "classes" in members else [])]
+            check_memory(sum(int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                             for shape, dtype in (members[n] for n in wanted)), f"--data {path}")
+            arrays = {name: archive[name] for name in wanted}
+    except ScanError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
         raise ScanError(f"--data {path}: not a readable .npz file ({err})") from None
-    with archive:
-        missing = [name for name in NPZ_ARRAYS if name not in archive.files]
-        if missing:
-            raise ScanError(f"--data {path}: missing array(s) {', '.join(missing)} (needs {', '.join(NPZ_ARRAYS)})")
-        arrays = {name: archive[name] for name in NPZ_ARRAYS}
-        classes = [str(c) for c in archive["classes"]] if "classes" in archive.files else None
+    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in CHANNEL_COUNTS):
+            raise ScanError(f"--data {path}: x_{split} must be N×H×W or N×H×W×C with C = 1, 3 or 4 "
+                            f"(RGBA, alpha dropped); got shape {x.shape}")
         if len(x) != len(y):
             raise ScanError(f"--data {path}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise ScanError(f"--data {path}: y_{split} must be a 1-D integer array")
+        if len(y) and (y.min() < 0 or (classes is not None and y.max() >= len(classes))):
+            bound = f"0..{len(classes) - 1} (one per name in classes)" if classes is not None else ">= 0"
+            raise ScanError(f"--data {path}: y_{split} holds labels from {y.min()} to {y.max()}; they must be "
+                            f"{bound}")
     return ImageSplits(
-        train=conform(arrays["x_train"], cfg.size, cfg.channels),
-        test=conform(arrays["x_test"], cfg.size, cfg.channels),
+        train=conform(arrays["x_train"], cfg.size, cfg.channels, channels_last=True),
+        test=conform(arrays["x_test"], cfg.size, cfg.channels, channels_last=True),
         train_labels=torch.as_tensor(arrays["y_train"], dtype=torch.int64),
         test_labels=torch.as_tensor(arrays["y_test"], dtype=torch.int64),
         classes=classes,
@@ -121,7 +157,9 @@ def load_source(cfg: DataConfig, stream: bool | str = "auto") -> ImageSplits:
     in memory or left on disk to be streamed (see `place_images`; `stream` is runtime.stream)."""
     if cfg.source not in SOURCES:
         raise ScanError(f"unknown data source {cfg.source!r}; valid sources: {', '.join(SOURCES)}")
-    return place_images(SOURCES[cfg.source](cfg), stream)
+    data = SOURCES[cfg.source](cfg)
+    data.identity()  # of the images as the source gives them, wherever they are read from later
+    return place_images(data, stream)
 
 
 def place_images(data: ImageSplits, stream: bool | str) -> ImageSplits:

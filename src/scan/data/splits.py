@@ -8,6 +8,7 @@ This module sits below every source module (`sources`, `folder`, `imagenet`,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,6 +37,7 @@ class ImageSplits:
         memory for the whole run would be wasteful; used only when `pretext` is None.
     skipped: files that were found but could not be decoded (paths relative to the dataset
         folder), so the run can record them.
+    fingerprint: what `identity()` returned, kept when the images are read into memory.
     """
 
     train: Images
@@ -48,6 +50,22 @@ class ImageSplits:
     pretext: torch.Tensor | None = None
     pretext_loader: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
     skipped: list[str] = field(default_factory=list)
+    fingerprint: dict | None = field(default=None, repr=False, compare=False)
+
+    def identity(self) -> dict:
+        """What identifies these images, so a run can tell that its data changed: the number of
+        train and test images and a digest of them. Images on disk are named by their decode
+        cache file (its name is a hash of the file list, sizes and modification times) and rows;
+        images in memory by a blake2b hash of their bytes. Labels are not part of it (they change
+        evaluation only, which always reruns); the pretext-only images are when held in memory."""
+        if self.fingerprint is None:
+            digest = hashlib.blake2b(digest_size=16)
+            parts = [self.train] if self.test is self.train else [self.train, self.test]
+            parts += [self.pretext] if self.pretext is not None else []
+            for images in parts:
+                _hash_images(digest, images)
+            self.fingerprint = {"train": len(self.train), "test": len(self.test), "digest": digest.hexdigest()}
+        return self.fingerprint
 
     def images(self, split: str) -> Images:
         return {"train": self.train, "test": self.test}[split]
@@ -90,9 +108,19 @@ class ImageSplits:
         when they are the same images)."""
         if not self.streamed:
             return self
+        identity = self.identity()  # of the files on disk, so it does not depend on where they are read
         train = _load(self.train)
         test = train if self.test is self.train else _load(self.test)
-        return dataclasses.replace(self, train=train, test=test)
+        return dataclasses.replace(self, train=train, test=test, fingerprint=identity)
+
+
+def _hash_images(digest, images: Images) -> None:
+    digest.update(repr(tuple(images.shape)).encode())
+    if isinstance(images, DiskImages):
+        digest.update(images.path.name.encode())
+        digest.update(np.ascontiguousarray(images.rows, dtype=np.int64).tobytes())
+    else:
+        digest.update(images.detach().cpu().contiguous().numpy().tobytes())
 
 
 def _load(images: Images) -> torch.Tensor:
@@ -108,22 +136,33 @@ def take(images: Images, index: np.ndarray) -> Images:
     return images.subset(index) if isinstance(images, DiskImages) else images[torch.from_numpy(index)]
 
 
-def conform(images: np.ndarray | torch.Tensor, size: int, channels: int) -> torch.Tensor:
+# Channel counts an image array may have: grey, RGB, RGBA (alpha dropped).
+CHANNEL_COUNTS = (1, 3, 4)
+
+
+def conform(images: np.ndarray | torch.Tensor, size: int, channels: int, channels_last: bool | None = None) -> torch.Tensor:
     """Bring images to the base resolution and channel count of a preset.
 
     images: uint8 N×H×W, N×H×W×C (C = 1, 3 or 4) or N×C×H×W tensor already channel-first.
     Returns uint8 N×channels×size×size. Grey becomes RGB by repetition, RGB becomes grey with
-    ITU-R 601 weights, alpha is dropped; other sizes are resized with antialiased bilinear.
+    ITU-R 601 weights, alpha (C = 4, RGBA) is dropped; other sizes are resized with antialiased
+    bilinear. Any other channel count (2, or 5 and more) is a ScanError.
+    channels_last: 4-D arrays are N×H×W×C (True), N×C×H×W (False), or either, told apart by
+        which axis has a valid channel count (None; N×C×H×W when both do).
     """
     x = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
     if x.dtype != torch.uint8:
         raise ScanError(f"images must be uint8 (0-255), got {x.dtype}")
     if x.ndim == 3:
         x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+    elif x.ndim == 4 and (channels_last or (channels_last is None and x.shape[-1] in CHANNEL_COUNTS
+                                                  and x.shape[1] not in CHANNEL_COUNTS)):
         x = x.permute(0, 3, 1, 2)
-    elif x.ndim != 4:
-        raise ScanError(f"images must be N×H×W or N×H×W×C, got shape {tuple(x.shape)}")
+    elif x.ndim != 4 or x.shape[1] not in CHANNEL_COUNTS:
+        raise ScanError(f"images must be N×H×W, N×H×W×C or N×C×H×W with C = 1 (grey), 3 (RGB) or 4 "
+                        f"(RGBA, alpha dropped); got shape {tuple(x.shape)}")
+    if min(x.shape[-2:]) < 1:
+        raise ScanError(f"images must be at least 1×1 pixels; got shape {tuple(x.shape)}")
     x = x[:, :3]
     if x.shape[1] == 3 and channels == 1:
         weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
