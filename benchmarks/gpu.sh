@@ -25,7 +25,7 @@ json "\"gpu\": \"$($PY -c 'import torch; print(torch.cuda.get_device_name(0))')\
 
 # 1. CUDA tests (they skip on CPU-only machines).
 start=$SECONDS
-timeout 120 $PY -m pytest -q -rA tests/test_augment.py tests/test_stream.py -k cuda >"$OUT/cuda_tests.log" 2>&1
+timeout 120 $PY -m pytest -q -rA tests/test_augment.py tests/test_stream.py -k "cuda or gpu" >"$OUT/cuda_tests.log" 2>&1
 rc=$?
 json "\"step\": \"cuda_tests\", \"rc\": $rc, \"summary\": \"$(tail -n 1 "$OUT/cuda_tests.log" | tr -d '"')\", \"seconds\": $((SECONDS - start))"
 

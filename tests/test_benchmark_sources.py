@@ -362,10 +362,10 @@ def test_data_path_settings_per_source(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(ScanError, match="not a folder or an .npz file"):
         data_path_settings("cifar10", str(tmp_path / "file.txt"))
-    expected = {"digits", "npz", "folder", "mnist", "cifar10", "cifar100", "cifar20", "stl10",
+    expected = {"digits", "npz", "array", "folder", "mnist", "cifar10", "cifar100", "cifar20", "stl10",
                 "imagenet", "imagenet_50", "imagenet_100", "imagenet_200"}
     assert set(SOURCES) == expected
-    assert {n for n, s in SOURCES.items() if not s.reads_dir} == {"digits", "npz"}
+    assert {n for n, s in SOURCES.items() if not s.reads_dir} == {"digits", "npz", "array"}
 
 
 def test_build_config_data_for_a_benchmark_source(tmp_path):
