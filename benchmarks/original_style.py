@@ -90,9 +90,9 @@ class PILImages(torch.utils.data.Dataset):
         return self.views[0](self._pil(i)), self.views[0](self._pil(j))
 
 
-def loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, shuffle: bool = True):
+def loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, shuffle: bool = True, pin: bool = False):
     return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=shuffle, drop_last=shuffle,
-                                       num_workers=workers, persistent_workers=workers > 0)
+                                       num_workers=workers, persistent_workers=workers > 0, pin_memory=pin)
 
 
 def one_sided_simclr_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -103,13 +103,13 @@ def one_sided_simclr_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float
     logits = z1 @ contrast.T / temperature
     logits = logits - logits.max(1, keepdim=True).values.detach()
     logits[torch.arange(b), torch.arange(b)] = float("-inf")
-    return F.cross_entropy(logits, torch.arange(b, 2 * b))
+    return F.cross_entropy(logits, torch.arange(b, 2 * b, device=z1.device))
 
 
 def original_scan_loss(anchor: torch.Tensor, neighbor: torch.Tensor, entropy_weight: float) -> torch.Tensor:
     """The original's SCAN loss (§2.2): BCE of ⟨p, q⟩ against 1, minus λ·H(mean p)."""
     p, q = anchor.softmax(1), neighbor.softmax(1)
-    consistency = F.binary_cross_entropy((p * q).sum(1).clamp(0, 1), torch.ones(len(p)))
+    consistency = F.binary_cross_entropy((p * q).sum(1).clamp(0, 1), torch.ones(len(p), device=p.device))
     mean = p.mean(0).clamp_min(1e-8)
     return consistency + entropy_weight * (mean * mean.log()).sum()
 
@@ -129,12 +129,12 @@ class Batches:
 
 
 def simclr_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Batches,
-                temperature: float) -> Callable[[], float]:
+                temperature: float, device: torch.device) -> Callable[[], float]:
     """One original-style SimCLR step; returns the seconds spent waiting for the loader."""
 
     def step() -> float:
         start = time.perf_counter()
-        v1, v2 = batches.next()
+        v1, v2 = (v.to(device, non_blocking=True) for v in batches.next())
         waited = time.perf_counter() - start
         b = len(v1)
         z = model(torch.stack([v1, v2], 1).flatten(0, 1)).view(b, 2, -1)  # interleaved, one pass
@@ -148,12 +148,12 @@ def simclr_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Bat
 
 
 def scan_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Batches,
-              entropy_weight: float) -> Callable[[], float]:
+              entropy_weight: float, device: torch.device) -> Callable[[], float]:
     """One original-style SCAN step (two forward passes); returns the loader wait in seconds."""
 
     def step() -> float:
         start = time.perf_counter()
-        anchors, neighbors = batches.next()
+        anchors, neighbors = (v.to(device, non_blocking=True) for v in batches.next())
         waited = time.perf_counter() - start
         anchor_logits, neighbor_logits = model(anchors), model(neighbors)
         loss = sum(original_scan_loss(a, n, entropy_weight) for a, n in zip(anchor_logits, neighbor_logits))
@@ -166,36 +166,47 @@ def scan_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Batch
 
 
 @torch.no_grad()
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def eval_images_per_s(model: torch.nn.Module, pool: torch.Tensor, dc: DataConfig, batch: int, workers: int,
-                      images: int) -> float:
+                      images: int, device: torch.device) -> float:
     """Throughput of a no-augmentation pass (PIL -> tensor in workers, eval mode), as the
     original's memory-bank fill and validation predictions run."""
     model.eval()
-    data = loader(PILImages(pool[:images], [plain_transform(dc)]), batch, workers, shuffle=False)
+    data = loader(PILImages(pool[:images], [plain_transform(dc)]), batch, workers, shuffle=False,
+                  pin=device.type == "cuda")
     start = time.perf_counter()
     for (x,) in data:
-        model(x)
+        model(x.to(device, non_blocking=True))
+    _sync(device)
     model.train()
     return images / (time.perf_counter() - start)
 
 
-def knn_monitor_seconds(n_bank: int, n_query: int, dim: int, k: int = 100) -> float:
+def knn_monitor_seconds(n_bank: int, n_query: int, dim: int, device: torch.device, k: int = 100) -> float:
     """The original's weighted kNN of the queries against the bank (top-100, votes exp(cos/τ))."""
-    bank = F.normalize(torch.randn(n_bank, dim), dim=1)
-    queries = F.normalize(torch.randn(n_query, dim), dim=1)
+    bank = F.normalize(torch.randn(n_bank, dim, device=device), dim=1)
+    queries = F.normalize(torch.randn(n_query, dim, device=device), dim=1)
+    _sync(device)
     start = time.perf_counter()
     for chunk in queries.split(1024):
         values, _ = (chunk @ bank.T).topk(k, dim=1)
         (values / 0.1).exp()
+    _sync(device)
     return time.perf_counter() - start
 
 
-def nxn_validation_seconds(n: int, clusters: int, heads: int) -> float:
+def nxn_validation_seconds(n: int, clusters: int, heads: int, device: torch.device) -> float:
     """The original's validation consistency over an N×N similarity matrix (§2.3), per head."""
-    probs = torch.rand(n, clusters).softmax(1)
-    neighbors = torch.randint(n, (n, 6))
+    probs = torch.rand(n, clusters, device=device).softmax(1)
+    neighbors = torch.randint(n, (n, 6), device=device)
+    _sync(device)
     start = time.perf_counter()
     for _ in range(heads):
         similarity = probs @ probs.T
-        F.binary_cross_entropy(similarity.gather(1, neighbors).clamp(0, 1), torch.ones(n, 6))
+        F.binary_cross_entropy(similarity.gather(1, neighbors).clamp(0, 1), torch.ones(n, 6, device=device))
+    _sync(device)
     return time.perf_counter() - start

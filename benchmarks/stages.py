@@ -300,38 +300,42 @@ def run_baseline(args, stage: str, backbone: str, batch: int, ours: dict) -> dic
     import original_style as orig
 
     cfg = build_config(BACKBONE_PRESETS[backbone])
-    dc = cfg.data
+    dc, device = cfg.data, args.device
     torch.manual_seed(0)
     pool = torch.randint(0, 256, (args.pool, dc.channels, dc.size, dc.size), dtype=torch.uint8)
     workers = cpu_workers(8)  # the original's 8 loader workers, at most the CPUs here
-    timing = dict(device=torch.device("cpu"), warmup=args.warmup, windows=args.windows, window_s=args.window_s,
+    timing = dict(device=device, warmup=args.warmup, windows=args.windows, window_s=args.window_s,
                   max_steps=args.max_steps)
+    pin = device.type == "cuda"
     n, n_test = 50_000, 10_000
     if stage == "pretext":
-        model = ContrastiveModel(build_backbone(backbone, dc.channels), cfg.pretext.feature_dim).train()
+        model = ContrastiveModel(build_backbone(backbone, dc.channels), cfg.pretext.feature_dim).to(device).train()
         opt = build_optimizer("sgd", model.parameters(), 0.1, cfg.pretext.weight_decay, 0.9)
         view = orig.simclr_transform(dc)
-        batches = orig.Batches(orig.loader(orig.PILImages(pool, [view, view]), batch, workers))
-        result = timed(orig.simclr_step(model, opt, batches, cfg.pretext.temperature), **timing)
-        eval_rate = orig.eval_images_per_s(model, pool, dc, cfg.mine.batch_size, workers, min(len(pool), args.val_images))
+        batches = orig.Batches(orig.loader(orig.PILImages(pool, [view, view]), batch, workers, pin=pin))
+        result = timed(orig.simclr_step(model, opt, batches, cfg.pretext.temperature, device), **timing)
+        eval_rate = orig.eval_images_per_s(model, pool, dc, cfg.mine.batch_size, workers, min(len(pool), args.val_images),
+                                           device)
         # The kNN monitoring pass after every epoch: the train split embedded, then the test split
         # (whose embedding the monitoring also needs) searched against it.
-        extra_s = (n + n_test) / eval_rate + orig.knn_monitor_seconds(n, n_test, cfg.pretext.feature_dim)
+        extra_s = (n + n_test) / eval_rate + orig.knn_monitor_seconds(n, n_test, cfg.pretext.feature_dim, device)
         ours_epoch = n / ours["images_per_s"]
     else:
-        model = ClusteringModel(build_backbone(backbone, dc.channels), cfg.clusters, cfg.cluster.num_heads).train()
+        model = ClusteringModel(build_backbone(backbone, dc.channels), cfg.clusters, cfg.cluster.num_heads).to(device).train()
         opt = build_optimizer("adam", model.parameters(), 1e-4, cfg.cluster.weight_decay, 0.9)
         neighbors = torch.randint(len(pool), (len(pool), cfg.mine.k))
-        batches = orig.Batches(orig.loader(orig.PILImages(pool, [orig.strong_transform(dc)], neighbors), batch, workers))
-        result = timed(orig.scan_step(model, opt, batches, cfg.cluster.entropy_weight), **timing)
-        eval_rate = orig.eval_images_per_s(model, pool, dc, cfg.mine.batch_size, workers, min(len(pool), args.val_images))
+        batches = orig.Batches(orig.loader(orig.PILImages(pool, [orig.strong_transform(dc)], neighbors), batch, workers,
+                                           pin=pin))
+        result = timed(orig.scan_step(model, opt, batches, cfg.cluster.entropy_weight, device), **timing)
+        eval_rate = orig.eval_images_per_s(model, pool, dc, cfg.mine.batch_size, workers, min(len(pool), args.val_images),
+                                           device)
         # The original validates on the test split (10,000 images) with an N×N matrix per head;
         # ours (epoch_s_50k) includes its own default validation pass over the 50,000 train images.
-        extra_s = n_test / eval_rate + orig.nxn_validation_seconds(n_test, cfg.clusters, cfg.cluster.num_heads)
+        extra_s = n_test / eval_rate + orig.nxn_validation_seconds(n_test, cfg.clusters, cfg.cluster.num_heads, device)
         ours_epoch = ours["epoch_s_50k"]
     rate = batch / result["step_s"]
     epoch = n / rate + extra_s
-    return {"benchmark": "baseline", "stage": stage, "impl": "original_style", "device": "cpu", "backbone": backbone,
+    return {"benchmark": "baseline", "stage": stage, "impl": "original_style", "device": device.type, "backbone": backbone,
             "batch": batch, "workers": workers, "images_per_s": round(rate, 2),
             "loader_wait_share": round(result["augment_share"], 4), "epoch_s_50k": round(epoch, 1),
             "ours_images_per_s": ours["images_per_s"], "ours_epoch_s_50k": round(ours_epoch, 1),
@@ -421,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--no-faiss", action="store_true")
     parser.add_argument("--baseline", action="store_true", help="also time the original-style pretext and SCAN "
-                        "steps (benchmarks/original_style.py) right after ours, and print the ratios (CPU)")
+                        "steps (benchmarks/original_style.py) right after ours, and print the ratios")
     parser.add_argument("--validation-n", type=int, nargs="+", default=[10_000, 50_000])
     args = parser.parse_args(argv)
     args.channels_last = {"auto": "auto", "true": True, "false": False}[args.channels_last]
@@ -444,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
                 for batch in stage_batches(args, stage, backbone):
                     line = run_stage(args, stage, backbone, batch)
                     emit(line)
-                    if args.baseline and stage in ("pretext", "cluster") and args.device.type == "cpu":
+                    if args.baseline and stage in ("pretext", "cluster"):
                         emit(run_baseline(args, stage, backbone, batch, line))
     if "mining" in wanted:
         for n in args.mining_n:
