@@ -12,8 +12,9 @@ from pathlib import Path
 from faultkit import TINY, snapshot, start_cli
 
 # Lines a run prints as it goes, in order; each kill waits for one of them (or a later one, when
-# the point was passed while the process resumed), then a random delay, then SIGKILL. Together
-# they put kills in every stage, the evaluation included.
+# the point was passed while the process resumed), then a random delay short against an epoch
+# (so the next point is not passed before the kill), then SIGKILL. Together they put kills in
+# every stage, the evaluation included.
 EVENTS = ("data:", "pretext 1/", "pretext 2/", "pretext 3/", "mine:", "cluster 1/", "cluster 2/", "cluster 3/",
           "selflabel 1/", "selflabel 2/")
 
@@ -53,7 +54,7 @@ def test_kill_anywhere_then_rerun_gives_the_uninterrupted_metrics(tmp_path):
     out = tmp_path / "killed"
     kills, event = [], 0
     while event < len(EVENTS):
-        seen = _kill_at(cache, out, event, rng.uniform(0.0, 0.25))
+        seen = _kill_at(cache, out, event, rng.uniform(0.0, 0.1))
         if seen is None:
             break
         kills.append(EVENTS[seen])
