@@ -156,3 +156,17 @@ def test_cluster_restarts_keep_the_lowest_validation_loss_and_resume_across_a_re
             run_pipeline(build_config("digits", overrides=restarts), out=tmp_path / "b")
     resumed = run_pipeline(build_config("digits", overrides=restarts), out=tmp_path / "b")
     assert without_timings(resumed) == without_timings(reference)
+
+
+def test_a_checkpoint_with_the_wrong_contents_is_a_one_line_error(tmp_path):
+    import torch
+
+    from scan.checkpoint import save_torch
+    from scan.training.context import RunContext, Runtime
+
+    run = RunDir(tmp_path)
+    model = torch.nn.Linear(2, 2)
+    state = TrainState(run, "pretext", "abc", {}, {"model": model})
+    save_torch({"fingerprint": "abc", "model": {"weight": torch.zeros(3, 3)}}, run.checkpoint("pretext"))
+    with pytest.raises(ScanError, match="checkpoint.pt is damaged"):
+        state.restore(RunContext(Runtime(torch.device("cpu"))))

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from scan.checkpoint import RunDir, load_torch, rewrite_jsonl, save_torch
+from scan.checkpoint import RunDir, damaged, load_torch, rewrite_jsonl, save_torch
 from scan.console import echo, stage_progress
 from scan.errors import ScanError
 from scan.training.context import RunContext
@@ -52,12 +52,15 @@ class TrainState:
         if not path.is_file():
             return False
         state = load_torch(path)
-        if state.get("fingerprint") != self.fingerprint:
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             return False
-        for name, module in self.modules.items():
-            module.load_state_dict(state[name])
-        self.epoch, self.history, self.extra = state["epoch"], state["history"], state["extra"]
-        streams = state["rng"]
+        try:
+            for name, module in self.modules.items():
+                module.load_state_dict(state[name])
+            self.epoch, self.history, self.extra = state["epoch"], state["history"], state["extra"]
+            streams = state["rng"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise damaged(path, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
         if len(streams) != ctx.world_size:
             raise ScanError(f"{path} was written by {len(streams)} process(es); resume it with as many "
                             f"(or rerun the {self.stage} stage with --force)")
