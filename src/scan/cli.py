@@ -364,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     except ScanError as err:
         print(f"scan: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # before OSError, its base class
+        # The reader went away (`scan presets | head`): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as err:
         # The system refused a read or write that no reader or writer of scan's own turned into a
         # ScanError (a full disk under the report's images, say): still one line.
@@ -373,8 +377,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("scan: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader went away (`scan presets | head`): stop quietly, as other command-line tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
     return 0
