@@ -40,6 +40,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"scan: error: {message} (see scan --help)\n")
 
 
+def _clusters(text: str) -> int | str:
+    """--clusters: an integer K or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
+
+
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     """What makes a config: PRESET, --config FILE, the common options and key=value overrides."""
     p.add_argument("args", nargs="*", metavar="[PRESET] [key=value ...]",
@@ -50,7 +60,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", "--data-root", dest="data", help="an image folder, the preset's dataset root, or an .npz with x_train, y_train, "
                                   "x_test, y_test (optional classes)")
     p.add_argument("--size", type=int, help="base resolution images are brought to (sets data.size)")
-    p.add_argument("--clusters", type=int, help="number of clusters K")
+    p.add_argument("--clusters", type=_clusters, help="number of clusters K, or auto to estimate it")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", choices=DEVICE_CHOICES, help="default auto")
 

@@ -43,12 +43,17 @@ class DataConfig:
     cutout: int = 16
     labels: str = "auto"
     test_fraction: float = 0.0
+    # Share of an image file's short side kept by the centre crop when a folder is decoded
+    # (a pretrained model's crop_pct; 1 keeps the whole centred square).
+    crop: float = 1.0
 
 
 @dataclass
 class PretextConfig:
-    """SimCLR: backbone, projection head and its SGD + cosine schedule."""
+    """SimCLR: backbone, projection head and its SGD + cosine schedule. source=pretrained takes the
+    backbone's weights as they are (timm:NAME, torchvision:NAME or `weights`), with no training."""
 
+    source: str = "train"
     backbone: str = "resnet18_cifar"
     feature_dim: int = 128
     epochs: int = 500
@@ -97,6 +102,8 @@ class ClusterConfig:
     augment: str = "strong"
     select_on: str = "train"
     select_entropy_weight: float = 1.0
+    # The K that --clusters auto chooses from (inclusive).
+    auto_range: list[int] = field(default_factory=lambda: [2, 20])
 
 
 @dataclass
@@ -120,6 +127,9 @@ class SelfLabelConfig:
     # min_confident=0 and max_balance_drop=1 turn the checks off.
     min_confident: float = 0.1
     max_balance_drop: float = 0.05
+    # Train the head alone on the cached backbone features (no augmentation: the confident
+    # predictions of the features supervise the same features) instead of the whole network.
+    update_head_only: bool = False
 
 
 @dataclass
@@ -141,7 +151,7 @@ class RunConfig:
     """Everything one run needs; written to RUN/config.yaml and into every checkpoint."""
 
     preset: str = "digits"
-    clusters: int = 10
+    clusters: int | str = 10  # K, or "auto": estimated after mining (scan.kestimate)
     seed: int = 0
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
@@ -300,10 +310,15 @@ def validate(cfg: RunConfig) -> None:
     """Value checks that do not need the data (those live in the pipeline)."""
     from scan.data.sources import SOURCES
     from scan.knn import BACKENDS, FAISS_MISSING, faiss_available
-    from scan.models.backbones import BACKBONES
+    from scan.models.backbones import check_backbone_name
 
     _check_choice("data.source", cfg.data.source, SOURCES)
-    _check_choice("pretext.backbone", cfg.pretext.backbone, BACKBONES)
+    _check_choice("pretext.source", cfg.pretext.source, ("train", "pretrained"))
+    check_backbone_name(cfg.pretext.backbone)
+    if cfg.pretext.source == "pretrained" and cfg.mine.features != "backbone":
+        raise ScanError("pretext.source=pretrained has no projection head: set mine.features=backbone")
+    if cfg.selflabel.update_head_only and cfg.mine.features != "backbone":
+        raise ScanError("selflabel.update_head_only trains on the cached backbone features: set mine.features=backbone")
     _check_choice("device", cfg.device, DEVICES)
     _check_choice("mine.features", cfg.mine.features, ("projection", "backbone"))
     _check_choice("mine.backend", cfg.mine.backend, BACKENDS)
@@ -321,6 +336,8 @@ def validate(cfg: RunConfig) -> None:
     _check_choice("selflabel.augment", cfg.selflabel.augment, VIEW_NAMES)
     _check_choice("cluster.select_on", cfg.cluster.select_on, ("train", "test"))
     _check_choice("data.labels", cfg.data.labels, ("auto", "none"))
+    if not 0 < cfg.data.crop <= 1:
+        raise ScanError(f"data.crop must be in (0, 1], got {cfg.data.crop}")
     if not 0 <= cfg.data.test_fraction < 1:
         raise ScanError(f"data.test_fraction must be in [0, 1), got {cfg.data.test_fraction}")
     _check_positive(cfg, [
@@ -329,8 +346,11 @@ def validate(cfg: RunConfig) -> None:
         "cluster.epochs", "cluster.batch_size", "cluster.lr", "cluster.num_heads", "cluster.restarts",
         "selflabel.batch_size", "selflabel.lr",
     ])
-    if cfg.clusters < 2:
-        raise ScanError(f"--clusters must be at least 2, got {cfg.clusters}")
+    if cfg.clusters != "auto" and (isinstance(cfg.clusters, str) or cfg.clusters < 2):
+        raise ScanError(f"--clusters must be an integer of at least 2 or auto, got {cfg.clusters!r}")
+    low, high = (cfg.cluster.auto_range + [0, 0])[:2]
+    if len(cfg.cluster.auto_range) != 2 or not 2 <= low <= high:
+        raise ScanError(f"cluster.auto_range must be [min, max] with 2 <= min <= max, got {cfg.cluster.auto_range}")
     if cfg.data.channels not in (1, 3):
         raise ScanError(f"data.channels must be 1 or 3, got {cfg.data.channels}")
     for key in ("mean", "std"):
@@ -357,16 +377,19 @@ def build_config(
     *,
     overrides: typing.Sequence[str] = (),
     data: str | None = None,
-    clusters: int | None = None,
+    clusters: int | str | None = None,
     seed: int | None = None,
     device: str | None = None,
     size: int | None = None,
     config_file: str | None = None,
 ) -> RunConfig:
     """Preset values, then a partial config file (`--config`), then command-line options, then
-    `key=value` overrides; validated."""
+    `key=value` overrides; validated. With pretext.source=pretrained, the data keys none of these
+    set come from the backbone's pretrained preprocessing (scan.models.hub.resolve_preprocessing)."""
     cfg = RunConfig(preset=preset)
-    _apply(cfg, load_preset(preset))
+    preset_values = load_preset(preset)
+    _apply(cfg, preset_values)
+    explicit = set(flatten(preset_values)) | ({"data.size"} if size is not None else set())
     if config_file is not None:
         values = load_config_file(config_file)
         named = values.pop("preset", preset)
@@ -377,6 +400,7 @@ def build_config(
             _apply(cfg, values)
         except ScanError as err:
             raise ScanError(str(err) if str(err).startswith("--config") else f"--config {config_file}: {err}") from None
+        explicit |= set(flatten(values))
     if data is not None:
         # An .npz, the preset's dataset root or image folder, or any image folder: the registry
         # knows which sources read a directory.
@@ -392,6 +416,11 @@ def build_config(
         if "preset" in values:
             raise ScanError("the preset is chosen by name (scan run PRESET), not by an override")
         _apply(cfg, values)
+        explicit |= set(flatten(values))
+    if cfg.pretext.source == "pretrained":
+        from scan.models.hub import resolve_preprocessing
+
+        resolve_preprocessing(cfg, explicit)
     validate(cfg)
     return cfg
 

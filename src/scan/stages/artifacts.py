@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from scan.checkpoint import RunDir, load_weights, save_json, save_weights
-from scan.config import RunConfig
+from scan.config import DataConfig, RunConfig
 from scan.data import imagenet
 from scan.errors import ScanError
 from scan.models.backbones import build_backbone
@@ -29,10 +30,21 @@ def save_pretext_model(run: RunDir, model: ContrastiveModel) -> None:
     save_weights(model.head.state_dict(), run.stage("pretext") / "projection_head.safetensors")
 
 
+def save_pretext_backbone(run: RunDir, backbone: nn.Module) -> None:
+    """The hand-off of a pretrained backbone taken as it is: backbone.safetensors alone."""
+    save_weights(backbone.state_dict(), run.stage("pretext") / "backbone.safetensors")
+
+
+def load_pretext_backbone(run: RunDir, cfg: RunConfig) -> nn.Module:
+    """The backbone written by the pretext stage (trained here or pretrained)."""
+    backbone = build_backbone(cfg.pretext.backbone, cfg.data.channels, img_size=cfg.data.size)
+    backbone.load_state_dict(load_weights(run.stage("pretext") / "backbone.safetensors"))
+    return backbone
+
+
 def load_pretext_model(run: RunDir, cfg: RunConfig) -> ContrastiveModel:
     """The SimCLR model (backbone + projection head) written by the pretext stage."""
-    model = ContrastiveModel(build_backbone(cfg.pretext.backbone, cfg.data.channels), cfg.pretext.feature_dim)
-    model.backbone.load_state_dict(load_weights(run.stage("pretext") / "backbone.safetensors"))
+    model = ContrastiveModel(load_pretext_backbone(run, cfg), cfg.pretext.feature_dim)
     model.head.load_state_dict(load_weights(run.stage("pretext") / "projection_head.safetensors"))
     return model
 
@@ -54,12 +66,15 @@ CLUSTERING_STEPS = ("cluster", "selflabel")
 
 def model_card(cfg: RunConfig, model: ClusteringModel, head: int) -> dict:
     """The JSON sidecar of an exported clustering model: everything needed to rebuild it and to
-    prepare images for it (decode crop, base size, channels, normalisation)."""
+    prepare images for it (decode crop, base size, channels, normalisation) and where its
+    backbone came from (pretext.source: trained here or pretrained, and the weight file)."""
     return {
         "backbone": cfg.pretext.backbone,
+        "backbone_source": cfg.pretext.source,
+        "backbone_weights": cfg.pretext.weights,
         "in_channels": cfg.data.channels,
         "input_size": cfg.data.size,
-        "crop": decode_crop(cfg.data.source),
+        "crop": decode_crop(cfg.data),
         "mean": cfg.data.mean,
         "std": cfg.data.std,
         "num_clusters": cfg.clusters,
@@ -68,10 +83,10 @@ def model_card(cfg: RunConfig, model: ClusteringModel, head: int) -> dict:
     }
 
 
-def decode_crop(source: str) -> float:
-    """Share of an image file's short side that the source keeps when decoding (centre crop).
-    Only the ImageNet sources crop (the standard 224/256); the others keep the whole square."""
-    return imagenet.CROP if source in imagenet.LOADERS else 1.0
+def decode_crop(data: DataConfig) -> float:
+    """Share of an image file's short side that the source keeps when decoding (centre crop):
+    the standard 224/256 for the ImageNet sources, data.crop for the others (1 by default)."""
+    return imagenet.CROP if data.source in imagenet.LOADERS else data.crop
 
 
 def save_clustering_model(run: RunDir, stage: str, model: ClusteringModel, cfg: RunConfig, head: int) -> None:
@@ -96,7 +111,8 @@ def read_model_card(folder: Path) -> dict:
 def load_exported_model(folder: Path) -> tuple[ClusteringModel, dict]:
     """The clustering model in `folder` (model.safetensors + model.json) and its sidecar."""
     card = read_model_card(folder)
-    model = ClusteringModel(build_backbone(card["backbone"], card["in_channels"]), card["num_clusters"], card["num_heads"])
+    backbone = build_backbone(card["backbone"], card["in_channels"], img_size=card["input_size"])
+    model = ClusteringModel(backbone, card["num_clusters"], card["num_heads"])
     model.load_state_dict(load_weights(folder / "model.safetensors"))
     return model, card
 
