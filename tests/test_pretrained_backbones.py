@@ -158,7 +158,7 @@ def test_backbone_names_are_checked_with_one_line_errors():
         build_backbone("timm:no_such_net", 3)
     with pytest.raises(ScanError, match="torchvision has no classification model 'no_such_net'; valid: alexnet"):
         build_backbone("torchvision:no_such_net", 3)
-    with pytest.raises(ScanError, match="timm:NAME, torchvision:NAME"):
+    with pytest.raises(ScanError, match="timm:NAME or torchvision:NAME; got .no_such_net."):
         build_backbone("no_such_net", 3)
     with pytest.raises(ScanError, match="set data.channels=3"):
         build_backbone(TIMM, 1)

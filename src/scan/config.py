@@ -347,7 +347,7 @@ def validate(cfg: RunConfig) -> None:
         "selflabel.batch_size", "selflabel.lr",
     ])
     if cfg.clusters != "auto" and (isinstance(cfg.clusters, str) or cfg.clusters < 2):
-        raise ScanError(f"--clusters must be an integer of at least 2 or auto, got {cfg.clusters!r}")
+        raise ScanError(f"--clusters must be at least 2 (or auto), got {cfg.clusters!r}")
     low, high = (cfg.cluster.auto_range + [0, 0])[:2]
     if len(cfg.cluster.auto_range) != 2 or not 2 <= low <= high:
         raise ScanError(f"cluster.auto_range must be [min, max] with 2 <= min <= max, got {cfg.cluster.auto_range}")

@@ -130,7 +130,7 @@ def check_backbone_name(name: str) -> None:
             raise ScanError(f"pretext.backbone {name}: torchvision has no classification model {model!r}; "
                             f"valid: {', '.join(valid)}")
     elif model not in BACKBONES:
-        raise ScanError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}, timm:NAME, torchvision:NAME")
+        raise ScanError(f"pretext.backbone must be one of {', '.join(BACKBONES)}, timm:NAME or torchvision:NAME; got {name!r}")
 
 
 def without_last_linear(net: nn.Module) -> ClassifierFree:
