@@ -1,20 +1,19 @@
 """`--clusters auto`: estimate the number of clusters K without labels, from the cached features
 and the mined neighbours.
 
-For every K in a range, `heads` linear SCAN heads are trained on the cached features (all K and
-all heads at once: one matrix product per step, seconds in all). Two label-free curves are read
-from their hard assignments:
+For every K in a range, `heads` linear SCAN heads are trained on the cached features from
+independent random starts (all K and all heads at once: one matrix product per step). Their
+agreement with each other is the stability of K (Lange et al., "Stability-based validation of
+clustering solutions", 2004):
 
-    agreement(K)  share of (image, mined neighbour) pairs put in the same cluster, mean over heads.
-                  The SCAN loss keeps clusters balanced, so while K is at most the true number the
-                  heads merge whole groups and agreement stays high; past it they must cut groups
-                  apart and agreement falls.
-    stability(K)  mean adjusted Rand index between the heads' assignments (independent random
-                  starts). Both too few clusters (which groups to merge is arbitrary) and too many
-                  (where to cut is arbitrary) make the heads disagree.
+    stability(K)  mean adjusted Rand index between the hard assignments of every pair of heads.
 
-Criterion: the K of highest stability among those whose agreement is within AGREEMENT_TOLERANCE
-of the best agreement (calibrated on the digits runs of this project; benchmarks/README.md).
+Too few clusters make the heads disagree on which groups to merge, too many on where to cut a
+group; in between lies a plateau. Criterion: the smallest K whose stability is within
+STABILITY_TOLERANCE (relative) of the best, the coarsest partition the heads reproduce (past the
+number of groups, heads can also agree on splitting a group by a strong sub-structure, such as
+the slant of a digit, which raises stability again without being a new group). Calibrated on this
+project's digits runs (README: "Your own photos with a pretrained backbone").
 """
 
 from __future__ import annotations
@@ -37,9 +36,9 @@ from scan.console import echo
 from scan.losses import scan_loss
 from scan.stages.artifacts import load_features, load_neighbors
 
-# Agreement may fall this far below its best before a K is refused (see the module docstring).
-AGREEMENT_TOLERANCE = 0.01
 DEFAULT_RANGE = (2, 20)
+# Relative distance from the best stability that still counts as the plateau (see the docstring).
+STABILITY_TOLERANCE = 0.1
 
 
 @dataclass
@@ -48,14 +47,16 @@ class KEstimate:
 
     k: int
     ks: list[int]
-    agreement: list[float]
     stability: list[float]
-    criterion: str
+
+    @property
+    def criterion(self) -> str:
+        return (f"the smallest K whose stability (mean adjusted Rand index between independently "
+                f"trained SCAN heads) is within {STABILITY_TOLERANCE:.0%} of the best")
 
     def to_dict(self) -> dict:
         """The JSON form written to metrics.json under "clusters_auto"."""
-        return {"k": self.k, "criterion": self.criterion, "ks": self.ks,
-                "agreement": self.agreement, "stability": self.stability}
+        return {"k": self.k, "criterion": self.criterion, "ks": self.ks, "stability": self.stability}
 
 
 def train_heads(features: torch.Tensor, neighbors: torch.Tensor, ks: list[int], heads: int, steps: int,
@@ -64,7 +65,7 @@ def train_heads(features: torch.Tensor, neighbors: torch.Tensor, ks: list[int], 
 
     features: float N×D (L2-normalised here, so one learning rate suits any backbone);
     neighbors: int64 N×k mined neighbours. Each step draws `batch_size` anchors and one neighbour
-    of each, as the cluster stage does. Returns, per K, the hard assignments heads×N (int64).
+    of each, as the cluster stage does. Returns, per K, the probabilities heads×N×K.
     """
     x = F.normalize(features.float(), dim=1)
     n = len(x)
@@ -86,26 +87,19 @@ def train_heads(features: torch.Tensor, neighbors: torch.Tensor, ks: list[int], 
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        return [block.argmax(2).T for block in logits(torch.arange(n))]
-
-
-def neighbor_agreement(assignments: torch.Tensor, neighbors: torch.Tensor) -> float:
-    """Share of (image, neighbour) pairs in the same cluster, mean over heads. assignments: H×N."""
-    return float((assignments[:, :, None] == assignments[:, neighbors]).float().mean())
+        return [block.softmax(2).transpose(0, 1) for block in logits(torch.arange(n))]
 
 
 def stability(assignments: torch.Tensor) -> float:
-    """Mean adjusted Rand index over all pairs of heads. assignments: H×N int64."""
+    """Mean adjusted Rand index over all pairs of heads. assignments: heads×N int64."""
     a = assignments.numpy()
     return float(np.mean([adjusted_rand_score(a[i], a[j]) for i, j in itertools.combinations(range(len(a)), 2)]))
 
 
-def choose_k(ks: list[int], agreement: list[float], stability_curve: list[float],
-             tolerance: float = AGREEMENT_TOLERANCE) -> int:
-    """The criterion: highest stability among the K whose agreement is within `tolerance` of the best."""
-    best = max(agreement)
-    allowed = [i for i, value in enumerate(agreement) if value >= best - tolerance]
-    return ks[max(allowed, key=lambda i: stability_curve[i])]
+def choose_k(ks: list[int], stability_curve: list[float], tolerance: float = STABILITY_TOLERANCE) -> int:
+    """The criterion: the smallest K whose stability is at least (1 − tolerance)·the best."""
+    best = max(stability_curve)
+    return next(k for k, value in zip(ks, stability_curve) if value >= (1 - tolerance) * best)
 
 
 def estimate_clusters(features: torch.Tensor, neighbors: torch.Tensor, k_range: tuple[int, int] = DEFAULT_RANGE,
@@ -118,11 +112,8 @@ def estimate_clusters(features: torch.Tensor, neighbors: torch.Tensor, k_range: 
         raise ValueError(f"the K range must satisfy 2 <= low <= high, got {k_range}")
     ks = list(range(low, min(high, len(features) - 1) + 1))
     per_k = train_heads(features, neighbors, ks, heads, steps, batch_size, lr, entropy_weight)
-    agreement = [neighbor_agreement(a, neighbors) for a in per_k]
-    stable = [stability(a) for a in per_k]
-    criterion = (f"highest stability (mean ARI between {heads} heads) among the K whose neighbour agreement "
-                 f"is within {AGREEMENT_TOLERANCE} of the best")
-    return KEstimate(choose_k(ks, agreement, stable), ks, agreement, stable, criterion)
+    curve = [stability(p.argmax(2)) for p in per_k]
+    return KEstimate(choose_k(ks, curve), ks, curve)
 
 
 def estimate_path(run: RunDir) -> Path:
@@ -152,6 +143,6 @@ def resolve_clusters(cfg: RunConfig, run: RunDir, write: bool = True) -> RunConf
         estimate = result.to_dict()
         if write:
             save_json(estimate, estimate_path(run))
-        curve = ", ".join(f"{k}: {a:.3f}/{s:.3f}" for k, a, s in zip(result.ks, result.agreement, result.stability))
-        echo(f"clusters auto: K = {result.k} ({result.criterion}); K: agreement/stability {curve}")
+        curve = ", ".join(f"{k}: {a:.3f}" for k, a in zip(result.ks, result.stability))
+        echo(f"clusters auto: K = {result.k}, {result.criterion} (stability by K: {curve})")
     return dataclasses.replace(cfg, clusters=int(estimate["k"]))
