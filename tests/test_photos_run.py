@@ -45,13 +45,16 @@ def test_photos_run_with_auto_clusters_then_predict(tmp_path, photos, weights, c
     out = tmp_path / "run"
     args = ["run", "photos", "--data", str(photos), "--out", str(out), "--clusters", "auto", "--size", "32",
             f"pretext.backbone={BACKBONE}", f"pretext.weights={weights}", "mine.k=5",
-            "cluster.auto_range=[2,4]", "cluster.epochs=3", "selflabel.epochs=2", "--device", "cpu"]
+            "cluster.auto_range=[2,4]", "cluster.epochs=3", "selflabel.epochs=2", "--device", "cpu",
+            # random weights give few confident images: the safeguard would skip self-labelling
+            "selflabel.min_confident=0", "selflabel.max_balance_drop=1"]
     assert main(args) == 0
     log = capsys.readouterr().out
     assert "no training" in log and "images/s" in log and "clusters auto: K = " in log
 
     metrics = json.loads((out / "metrics.json").read_text())
     k = metrics["clusters_auto"]["k"]
+    assert metrics["final"]["step"] == "selflabel"
     assert metrics["clusters_auto"]["ks"] == [2, 3, 4] and len(metrics["clusters_auto"]["stability"]) == 3
     card = json.loads((out / "selflabel" / "model.json").read_text())
     assert card["num_clusters"] == k and card["backbone"] == BACKBONE
