@@ -32,3 +32,16 @@ def test_the_estimate_finds_four_well_separated_groups():
     assert estimate.k == 4
     assert estimate.ks == [2, 3, 4, 5, 6, 7] and len(estimate.stability) == 6
     assert estimate.to_dict()["k"] == 4 and "smallest K" in estimate.to_dict()["criterion"]
+
+
+def test_clusters_auto_and_its_range_are_validated():
+    import pytest
+
+    from scan.config import build_config
+    from scan.errors import ScanError
+
+    assert build_config("digits", clusters="auto").clusters == "auto"
+    with pytest.raises(ScanError, match="--clusters must be at least 2 \\(or auto\\), got 'many'"):
+        build_config("digits", clusters="many")
+    with pytest.raises(ScanError, match="cluster.auto_range must be \\[min, max\\] with 2 <= min <= max"):
+        build_config("digits", clusters="auto", overrides=["cluster.auto_range=[1,5]"])

@@ -348,8 +348,8 @@ def validate(cfg: RunConfig) -> None:
     ])
     if cfg.clusters != "auto" and (isinstance(cfg.clusters, str) or cfg.clusters < 2):
         raise ScanError(f"--clusters must be at least 2 (or auto), got {cfg.clusters!r}")
-    low, high = (cfg.cluster.auto_range + [0, 0])[:2]
-    if len(cfg.cluster.auto_range) != 2 or not 2 <= low <= high:
+    auto_range = cfg.cluster.auto_range
+    if len(auto_range) != 2 or not 2 <= auto_range[0] <= auto_range[1]:
         raise ScanError(f"cluster.auto_range must be [min, max] with 2 <= min <= max, got {cfg.cluster.auto_range}")
     if cfg.data.channels not in (1, 3):
         raise ScanError(f"data.channels must be 1 or 3, got {cfg.data.channels}")

@@ -38,7 +38,7 @@ from scan.stages.artifacts import load_features, load_neighbors
 
 DEFAULT_RANGE = (2, 20)
 # Relative distance from the best stability that still counts as the plateau (see the docstring).
-STABILITY_TOLERANCE = 0.1
+STABILITY_TOLERANCE = 0.05
 
 
 @dataclass
