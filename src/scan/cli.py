@@ -304,6 +304,8 @@ def _import(ns: argparse.Namespace) -> None:
 
 
 def pretext_text(c) -> str:
+    if c.pretext.source == "pretrained":
+        return "pretrained backbone, no pretext training"
     if c.pretext.epochs == 0:
         return "pretext imported from pretext.weights=FILE (MoCo v2)"
     return f"pretext {c.pretext.epochs} ep × batch {c.pretext.batch_size} (lr {c.pretext.lr})"
@@ -313,7 +315,11 @@ def _presets(ns: argparse.Namespace) -> None:
     from scan.config import build_config, preset_names
 
     for name in preset_names():
-        c = build_config(name)
+        try:
+            c = build_config(name)
+        except ScanError as err:  # e.g. a timm backbone without timm installed
+            print(f"{name}: unavailable here: {err}")
+            continue
         print(f"{name}: source {c.data.source}, {c.data.channels}×{c.data.size}×{c.data.size}, K={c.clusters}, "
               f"backbone {c.pretext.backbone}; {pretext_text(c)}; k={c.mine.k}; cluster {c.cluster.epochs} ep, {c.cluster.num_heads} head(s), "
               f"λ={c.cluster.entropy_weight}{', head only' if c.cluster.update_head_only else ''}"
