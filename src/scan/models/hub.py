@@ -109,16 +109,25 @@ def _timm_file(name: str, model: str) -> Path:
         raise ScanError(f"pretext.backbone {name}: its weights are not on the Hugging Face hub; "
                         f"download {cfg.url} and pass pretext.weights=FILE")
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
 
-    filename = cfg.hf_hub_filename or "model.safetensors"
-    cached = try_to_load_from_cache(cfg.hf_hub_id, filename)
-    if isinstance(cached, str):
-        return Path(cached)
+    # As timm does: the named file, else safetensors, else the older pickled state dict.
+    filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    for filename in filenames:
+        cached = try_to_load_from_cache(cfg.hf_hub_id, filename)
+        if isinstance(cached, str):
+            return Path(cached)
     if not online(HF_HOST):
         raise ScanError(f"pretext.backbone {name}: offline and no weights in the Hugging Face cache "
-                        f"({constants.HF_HUB_CACHE}): download https://{HF_HOST}/{cfg.hf_hub_id}/resolve/main/{filename} "
+                        f"({constants.HF_HUB_CACHE}): download https://{HF_HOST}/{cfg.hf_hub_id}/resolve/main/{filenames[0]} "
                         f"elsewhere and pass pretext.weights=FILE")
-    return Path(hf_hub_download(cfg.hf_hub_id, filename))
+    for filename in filenames:
+        try:
+            return Path(hf_hub_download(cfg.hf_hub_id, filename))
+        except EntryNotFoundError:
+            continue
+    raise ScanError(f"pretext.backbone {name}: {cfg.hf_hub_id} on the Hugging Face hub has none of {', '.join(filenames)}; "
+                    "pass pretext.weights=FILE")
 
 
 def _torchvision_file(name: str, model: str) -> Path:
