@@ -35,14 +35,13 @@ ONLINE_TIMEOUT = 3.0
 class Preprocessing:
     """How a pretrained model's images were prepared: input side `size`, per-channel `mean`/`std`
     on the [0, 1] scale, `crop` = share of the short side kept by the centre crop
-    (224/256 = 0.875 for torchvision's ResNets), and the resampling `interpolation` it was trained
-    with (recorded; decoding here always resizes with Pillow's antialiased bilinear)."""
+    (224/256 = 0.875 for torchvision's ResNets). Its resampling filter is not taken over: decoding
+    here always resizes with Pillow's antialiased bilinear (timm's models name bicubic)."""
 
     size: int
     mean: list[float]
     std: list[float]
     crop: float
-    interpolation: str
 
 
 def online(host: str) -> bool:
@@ -78,13 +77,11 @@ def pretrained_preprocessing(name: str) -> Preprocessing | None:
     kind, model = split_backbone_name(name)
     if kind == "timm":
         cfg = _timm_cfg(name, model)
-        return Preprocessing(int(cfg.input_size[-1]), list(cfg.mean), list(cfg.std), float(cfg.crop_pct),
-                             str(cfg.interpolation))
+        return Preprocessing(int(cfg.input_size[-1]), list(cfg.mean), list(cfg.std), float(cfg.crop_pct))
     if kind == "torchvision":
         transform = _torchvision_weights(name, model).transforms()
         size, resize = transform.crop_size[0], transform.resize_size[0]
-        return Preprocessing(int(size), list(transform.mean), list(transform.std), size / resize,
-                             transform.interpolation.value)
+        return Preprocessing(int(size), list(transform.mean), list(transform.std), size / resize)
     return None
 
 
