@@ -40,6 +40,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"scan: error: {message} (see scan --help)\n")
 
 
+def _clusters(text: str) -> int | str:
+    """--clusters: an integer K or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
+
+
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     """What makes a config: PRESET, --config FILE, the common options and key=value overrides."""
     p.add_argument("args", nargs="*", metavar="[PRESET] [key=value ...]",
@@ -50,7 +60,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", "--data-root", dest="data", help="an image folder, the preset's dataset root, or an .npz with x_train, y_train, "
                                   "x_test, y_test (optional classes)")
     p.add_argument("--size", type=int, help="base resolution images are brought to (sets data.size)")
-    p.add_argument("--clusters", type=int, help="number of clusters K")
+    p.add_argument("--clusters", type=_clusters, help="number of clusters K, or auto to estimate it")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", choices=DEVICE_CHOICES, help="default auto")
 
@@ -296,6 +306,8 @@ def _import(ns: argparse.Namespace) -> None:
 
 
 def pretext_text(c) -> str:
+    if c.pretext.source == "pretrained":
+        return "pretrained backbone, no pretext training"
     if c.pretext.epochs == 0:
         return "pretext imported from pretext.weights=FILE (MoCo v2)"
     return f"pretext {c.pretext.epochs} ep × batch {c.pretext.batch_size} (lr {c.pretext.lr})"
@@ -305,7 +317,11 @@ def _presets(ns: argparse.Namespace) -> None:
     from scan.config import build_config, preset_names
 
     for name in preset_names():
-        c = build_config(name)
+        try:
+            c = build_config(name)
+        except ScanError as err:  # e.g. a timm backbone without timm installed
+            print(f"{name}: unavailable here: {err}")
+            continue
         print(f"{name}: source {c.data.source}, {c.data.channels}×{c.data.size}×{c.data.size}, K={c.clusters}, "
               f"backbone {c.pretext.backbone}; {pretext_text(c)}; k={c.mine.k}; cluster {c.cluster.epochs} ep, {c.cluster.num_heads} head(s), "
               f"λ={c.cluster.entropy_weight}{', head only' if c.cluster.update_head_only else ''}"

@@ -45,12 +45,17 @@ class DataConfig:
     cutout: int = 16
     labels: str = "auto"
     test_fraction: float = 0.0
+    # Share of an image file's short side kept by the centre crop when a folder is decoded
+    # (a pretrained model's crop_pct; 1 keeps the whole centred square).
+    crop: float = 1.0
 
 
 @dataclass
 class PretextConfig:
-    """SimCLR: backbone, projection head and its SGD + cosine schedule."""
+    """SimCLR: backbone, projection head and its SGD + cosine schedule. source=pretrained takes the
+    backbone's weights as they are (timm:NAME, torchvision:NAME or `weights`), with no training."""
 
+    source: str = "train"
     backbone: str = "resnet18_cifar"
     feature_dim: int = 128
     epochs: int = 500
@@ -99,6 +104,8 @@ class ClusterConfig:
     augment: str = "strong"
     select_on: str = "train"
     select_entropy_weight: float = 1.0
+    # The K that --clusters auto chooses from (inclusive).
+    auto_range: list[int] = field(default_factory=lambda: [2, 20])
 
 
 @dataclass
@@ -122,6 +129,9 @@ class SelfLabelConfig:
     # min_confident=0 and max_balance_drop=1 turn the checks off.
     min_confident: float = 0.1
     max_balance_drop: float = 0.05
+    # Train the head alone on the cached backbone features (no augmentation: the confident
+    # predictions of the features supervise the same features) instead of the whole network.
+    update_head_only: bool = False
 
 
 @dataclass
@@ -143,7 +153,7 @@ class RunConfig:
     """Everything one run needs; written to RUN/config.yaml and into every checkpoint."""
 
     preset: str = "digits"
-    clusters: int = 10
+    clusters: int | str = 10  # K, or "auto": estimated after mining (scan.kestimate)
     seed: int = 0
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
@@ -302,10 +312,15 @@ def validate(cfg: RunConfig) -> None:
     """Value checks that do not need the data (those live in the pipeline)."""
     from scan.data.sources import SOURCES
     from scan.knn import BACKENDS, FAISS_MISSING, faiss_available
-    from scan.models.backbones import BACKBONES
+    from scan.models.backbones import check_backbone_name
 
     _check_choice("data.source", cfg.data.source, SOURCES)
-    _check_choice("pretext.backbone", cfg.pretext.backbone, BACKBONES)
+    _check_choice("pretext.source", cfg.pretext.source, ("train", "pretrained"))
+    check_backbone_name(cfg.pretext.backbone)
+    if cfg.pretext.source == "pretrained" and cfg.mine.features != "backbone":
+        raise ScanError("pretext.source=pretrained has no projection head: set mine.features=backbone")
+    if cfg.selflabel.update_head_only and cfg.mine.features != "backbone":
+        raise ScanError("selflabel.update_head_only trains on the cached backbone features: set mine.features=backbone")
     _check_choice("device", cfg.device, DEVICES)
     _check_choice("mine.features", cfg.mine.features, ("projection", "backbone"))
     _check_choice("mine.backend", cfg.mine.backend, BACKENDS)
@@ -323,6 +338,8 @@ def validate(cfg: RunConfig) -> None:
     _check_choice("selflabel.augment", cfg.selflabel.augment, VIEW_NAMES)
     _check_choice("cluster.select_on", cfg.cluster.select_on, ("train", "test"))
     _check_choice("data.labels", cfg.data.labels, ("auto", "none"))
+    if not 0 < cfg.data.crop <= 1:
+        raise ScanError(f"data.crop must be in (0, 1], got {cfg.data.crop}")
     if not 0 <= cfg.data.test_fraction < 1:
         raise ScanError(f"data.test_fraction must be in [0, 1), got {cfg.data.test_fraction}")
     _check_positive(cfg, [
@@ -333,8 +350,11 @@ def validate(cfg: RunConfig) -> None:
     ])
     if not 0 <= cfg.seed <= MAX_SEED:
         raise ScanError(f"--seed must be between 0 and {MAX_SEED}, got {cfg.seed}")
-    if cfg.clusters < 2:
-        raise ScanError(f"--clusters must be at least 2, got {cfg.clusters}")
+    if cfg.clusters != "auto" and (isinstance(cfg.clusters, str) or cfg.clusters < 2):
+        raise ScanError(f"--clusters must be at least 2 (or auto), got {cfg.clusters!r}")
+    auto_range = cfg.cluster.auto_range
+    if len(auto_range) != 2 or not 2 <= auto_range[0] <= auto_range[1]:
+        raise ScanError(f"cluster.auto_range must be [min, max] with 2 <= min <= max, got {cfg.cluster.auto_range}")
     if cfg.data.channels not in (1, 3):
         raise ScanError(f"data.channels must be 1 or 3, got {cfg.data.channels}")
     for key in ("mean", "std"):
@@ -366,16 +386,19 @@ def build_config(
     *,
     overrides: typing.Sequence[str] = (),
     data: str | None = None,
-    clusters: int | None = None,
+    clusters: int | str | None = None,
     seed: int | None = None,
     device: str | None = None,
     size: int | None = None,
     config_file: str | None = None,
 ) -> RunConfig:
     """Preset values, then a partial config file (`--config`), then command-line options, then
-    `key=value` overrides; validated."""
+    `key=value` overrides; validated. With pretext.source=pretrained, the data keys none of these
+    set come from the backbone's pretrained preprocessing (scan.models.hub.resolve_preprocessing)."""
     cfg = RunConfig(preset=preset)
-    _apply(cfg, load_preset(preset))
+    preset_values = load_preset(preset)
+    _apply(cfg, preset_values)
+    explicit = set(flatten(preset_values)) | ({"data.size"} if size is not None else set())
     if config_file is not None:
         values = load_config_file(config_file)
         named = values.pop("preset", preset)
@@ -386,6 +409,7 @@ def build_config(
             _apply(cfg, values)
         except ScanError as err:
             raise ScanError(str(err) if str(err).startswith("--config") else f"--config {config_file}: {err}") from None
+        explicit |= set(flatten(values))
     if data is not None:
         # An .npz, the preset's dataset root or image folder, or any image folder: the registry
         # knows which sources read a directory.
@@ -401,6 +425,11 @@ def build_config(
         if "preset" in values:
             raise ScanError("the preset is chosen by name (scan run PRESET), not by an override")
         _apply(cfg, values)
+        explicit |= set(flatten(values))
+    if cfg.pretext.source == "pretrained":
+        from scan.models.hub import resolve_preprocessing
+
+        resolve_preprocessing(cfg, explicit)
     validate(cfg)
     return cfg
 
@@ -417,7 +446,7 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
 
 KEY_HELP: dict[str, str] = {
     "preset": "the preset these values start from (chosen by name: scan run PRESET)",
-    "clusters": "number of clusters K (--clusters)",
+    "clusters": "number of clusters K, or auto to estimate it (--clusters)",
     "seed": "random seed of every stage (--seed); same seed, same CPU type: same results",
     "device": "auto, cpu or cuda (--device); auto picks cuda when available",
     "data.source": "where images come from: digits, npz, folder, mnist, cifar10, cifar20, stl10, imagenet...",
@@ -435,7 +464,8 @@ KEY_HELP: dict[str, str] = {
     "data.cutout": "side in pixels of the cutout square of strong views",
     "data.labels": "auto: folder labels from sub-folder names when every image sits in one; none: no labels",
     "data.test_fraction": "share of a folder's images held out as the test split (0: evaluate on all)",
-    "pretext.backbone": "network that computes the image features (scan presets lists them)",
+    "data.crop": "share of a folder image's short side kept by the centre crop (a pretrained model's crop_pct)",
+    "pretext.backbone": "network that computes the image features: a registry name, timm:NAME or torchvision:NAME",
     "pretext.feature_dim": "size of the L2-normalised SimCLR projection",
     "pretext.epochs": "SimCLR epochs (0 with pretext.weights: imported features)",
     "pretext.batch_size": "images per SimCLR step (each gives two views)",
@@ -445,7 +475,8 @@ KEY_HELP: dict[str, str] = {
     "pretext.temperature": "NT-Xent temperature τ",
     "pretext.lr_decay_rate": "the cosine schedule ends at lr·rate³ (the original's η_min)",
     "pretext.warmup_epochs": "linear learning-rate warm-up epochs",
-    "pretext.weights": "a pretext checkpoint to start from instead of training (MoCo v2 for ImageNet)",
+    "pretext.weights": "a weight file: MoCo v2 to import (source=train), or any backbone file (source=pretrained)",
+    "pretext.source": "train (SimCLR here) or pretrained (take the backbone's weights as they are, no training)",
     "mine.k": "nearest neighbours mined per train image (the SCAN loss draws from them)",
     "mine.val_k": "neighbours per image used by the label-free validation loss",
     "mine.features": "mine on backbone features or on the projection output",
@@ -465,6 +496,7 @@ KEY_HELP: dict[str, str] = {
     "cluster.augment": "view the SCAN step trains on: weak, simclr or strong",
     "cluster.select_on": "split for label-free head selection: train, or test (the original)",
     "cluster.select_entropy_weight": "entropy weight of the validation loss that selects the head",
+    "cluster.auto_range": "[min, max] of the K that --clusters auto chooses from",
     "selflabel.epochs": "self-labelling epochs (0: stop after the SCAN step)",
     "selflabel.batch_size": "images per self-label step",
     "selflabel.optimizer": "adam or sgd",
@@ -477,6 +509,7 @@ KEY_HELP: dict[str, str] = {
     "selflabel.augment": "view the self-label step trains on: weak, simclr or strong",
     "selflabel.min_confident": "self-label only when at least this share of train images is confident (0: always)",
     "selflabel.max_balance_drop": "keep the self-label model only if cluster balance drops by at most this (1: always)",
+    "selflabel.update_head_only": "train the head alone on the cached backbone features (no augmentation)",
     "runtime.precision": "auto, fp32 or bf16 autocast (auto: bf16 on CUDA that supports it)",
     "runtime.channels_last": "channels-last memory format (auto: on for CUDA)",
     "runtime.compile": "torch.compile the network",

@@ -11,6 +11,7 @@ from scan.config import RunConfig
 from scan.console import echo
 from scan.data.sources import ImageSplits, load_source
 from scan.data.stream import Images
+from scan.kestimate import read_estimate
 from scan.knn import neighbor_accuracy
 from scan.metrics import cluster_diagnostics, cluster_metrics, hungarian_match
 from scan.predict import ClusterModel
@@ -65,6 +66,9 @@ def evaluate_run(run: RunDir, cfg: RunConfig, device: torch.device, data: ImageS
         metrics["final"] = {"step": final_step(run)}
         if final_reason(run) is not None:
             metrics["final"]["reason"] = final_reason(run)
+    estimate = read_estimate(run)
+    if estimate is not None:  # --clusters auto: the chosen K and the curves it was chosen from
+        metrics["clusters_auto"] = estimate
     metrics["seconds"] = run.stage_seconds()
     save_json(metrics, run.metrics)
     echo(format_table(metrics))

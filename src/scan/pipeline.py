@@ -24,6 +24,7 @@ from scan.evaluate import evaluate_run
 from scan.rundir import commit_config, open_run
 from scan.stage_table import STAGE_NAMES, stage_spec
 from scan.training.context import RunContext
+from scan.kestimate import resolve_clusters
 
 
 def load_data(cfg: RunConfig) -> ImageSplits:
@@ -32,7 +33,7 @@ def load_data(cfg: RunConfig) -> ImageSplits:
     n_train, n_test = len(data.train), len(data.test)
     if n_train == 0 or n_test == 0:
         raise ScanError(f"the dataset needs train and test images; got {n_train} train and {n_test} test")
-    if cfg.clusters > n_train:
+    if cfg.clusters != "auto" and cfg.clusters > n_train:
         raise ScanError(f"--clusters {cfg.clusters} is larger than the number of train images ({n_train})")
     if cfg.mine.k >= n_train:
         raise ScanError(f"mine.k={cfg.mine.k} must be smaller than the number of train images ({n_train})")
@@ -48,6 +49,8 @@ def run_stage(ctx: RunContext, name: str, cfg: RunConfig, run: RunDir, data: Ima
     spec = stage_spec(name)
     if spec.requires is not None and not run.done(spec.requires).is_file():
         raise ScanError(f"{name} needs the finished {spec.requires} stage in {run.root}; run `scan {spec.requires}` first")
+    if name in ("cluster", "selflabel"):
+        cfg = resolve_clusters(cfg, run, write=ctx.is_main)  # --clusters auto: K from mining's outputs
     stamp = fingerprint(cfg, name)
     if run.is_done(name, stamp) and not rerun:
         echo(f"{name}: finished earlier with this config, skipped")

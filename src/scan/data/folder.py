@@ -81,13 +81,14 @@ def split_indices(n: int, labels: torch.Tensor | None, test_fraction: float, see
 
 
 def load_folder(path: str | Path, size: int, channels: int, labels: bool = True,
-                test_fraction: float = 0.0, seed: int = 0) -> ImageSplits:
+                test_fraction: float = 0.0, seed: int = 0, crop: float = 1.0) -> ImageSplits:
     """Load an image folder as uint8 N×channels×size×size (short side resized to `size`, centre
     crop; DiskImages over the decode cache), ids = relative paths in sorted order.
 
     labels: detect labels from sub-folders (see the module docstring); False: no labels.
     test_fraction: 0 -> train and test are the same images (the same tensor); in (0, 1) -> that
         share of the images (of each class when labelled) is held out as test, chosen with `seed`.
+    crop: share of each file's short side kept by the centre crop (a pretrained model's crop_pct).
     Unreadable, truncated or empty image files are skipped with one warning and listed in
     `skipped`. Decoded pixels are cached (see scan.data.decode), so only the first load decodes.
     """
@@ -100,7 +101,7 @@ def load_folder(path: str | Path, size: int, channels: int, labels: bool = True,
     if not files:
         raise ScanError(f"--data {path}: no image files in the folder or its sub-folders "
                         f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    decoded = decode_cached(folder, files, size, channels, crop=1.0, workers=cpu_workers(4), what="data")
+    decoded = decode_cached(folder, files, size, channels, crop=crop, workers=cpu_workers(4), what="data")
     if not decoded.ids:
         raise ScanError(f"--data {path}: none of the {len(files)} image files could be read (first: {files[0]})")
     found = folder_labels(decoded.ids) if labels else None
@@ -130,4 +131,5 @@ def load_folder_source(cfg: DataConfig) -> ImageSplits:
     if labels not in LABEL_MODES:
         raise ScanError(f"data.labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
     return load_folder(cfg.path, cfg.size, cfg.channels, labels=labels == "auto",
-                       test_fraction=float(getattr(cfg, "test_fraction", 0.0)))
+                       test_fraction=float(getattr(cfg, "test_fraction", 0.0)),
+                       crop=float(getattr(cfg, "crop", 1.0)))

@@ -1,4 +1,11 @@
-"""Backbones by name: each maps B×C×H×W images to B×D features and records D in `out_dim`."""
+"""Backbones by name: each maps B×C×H×W images to B×D features and records D in `out_dim`.
+
+A name is one of this registry's (`small_cnn`, `resnet18_cifar`, ...), `timm:NAME` (any timm
+model, with timm installed) or `torchvision:NAME` (any classification model of
+torchvision.models). `build_backbone` only builds the architecture with random weights and
+never downloads; pretrained weights are loaded by scan.models.hub and scan.models.weights.
+Every backbone keeps its network in `.net`, so weight files map onto `backbone.net` alike.
+"""
 
 from __future__ import annotations
 
@@ -73,8 +80,91 @@ BACKBONES: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
-def build_backbone(name: str, in_channels: int) -> nn.Module:
-    """A freshly initialised backbone `name` for images with `in_channels` channels."""
-    if name not in BACKBONES:
-        raise ScanError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
-    return BACKBONES[name](in_channels)
+class ClassifierFree(nn.Module):
+    """A timm or torchvision classification network whose classifier is an nn.Identity, so it
+    outputs the pooled features its classifier would have read. Output: B×out_dim."""
+
+    def __init__(self, net: nn.Module, out_dim: int) -> None:
+        super().__init__()
+        self.net = net
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: B×3×H×W float -> B×out_dim."""
+        return self.net(x)
+
+
+PREFIXES = ("timm:", "torchvision:")
+TIMM_MISSING = "pretext.backbone {name}: timm is not installed: pip install timm (or this package's timm extra: pip install -e '.[timm]')"
+
+
+def split_backbone_name(name: str) -> tuple[str, str]:
+    """'timm:resnet50' -> ('timm', 'resnet50'); 'torchvision:vit_b_16' -> ('torchvision', 'vit_b_16');
+    a registry name -> ('registry', name). Does not check that the model exists."""
+    for prefix in PREFIXES:
+        if name.startswith(prefix):
+            return prefix[:-1], name[len(prefix):]
+    return "registry", name
+
+
+def import_timm(name: str):
+    """The timm module, or a one-line error saying how to install it (timm is an optional extra)."""
+    try:
+        import timm
+    except ImportError:
+        raise ScanError(TIMM_MISSING.format(name=name)) from None
+    return timm
+
+
+def check_backbone_name(name: str) -> None:
+    """A one-line error unless `name` names a backbone that `build_backbone` can build."""
+    kind, model = split_backbone_name(name)
+    if kind == "timm":
+        if not import_timm(name).is_model(model):
+            raise ScanError(f"pretext.backbone {name}: timm has no model {model!r} (timm.list_models() lists them)")
+    elif kind == "torchvision":
+        import torchvision.models
+
+        valid = torchvision.models.list_models(module=torchvision.models)  # classification models only
+        if model not in valid:
+            raise ScanError(f"pretext.backbone {name}: torchvision has no classification model {model!r}; "
+                            f"valid: {', '.join(valid)}")
+    elif model not in BACKBONES:
+        raise ScanError(f"pretext.backbone must be one of {', '.join(BACKBONES)}, timm:NAME or torchvision:NAME; got {name!r}")
+
+
+def without_last_linear(net: nn.Module) -> ClassifierFree:
+    """`net` with its last nn.Linear (the classifier of every torchvision classification model:
+    `fc`, `heads.head`, `classifier.N`) replaced by an identity."""
+    linears = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ScanError(f"{type(net).__name__} has no linear classifier to remove")
+    last = linears[-1]
+    out_dim = net.get_submodule(last).in_features
+    parent, _, child = last.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, child, nn.Identity())
+    return ClassifierFree(net, out_dim)
+
+
+def build_backbone(name: str, in_channels: int, img_size: int | None = None) -> nn.Module:
+    """A freshly initialised backbone `name` for images with `in_channels` channels.
+
+    timm and torchvision models take 3-channel images; `img_size` is passed to timm models whose
+    input size is fixed (ViTs: the position embedding's grid), so they accept that size.
+    """
+    check_backbone_name(name)
+    kind, model = split_backbone_name(name)
+    if kind != "registry" and in_channels != 3:
+        raise ScanError(f"pretext.backbone {name} takes RGB images: set data.channels=3 (grey images are then converted)")
+    if kind == "timm":
+        timm = import_timm(name)
+        pretrained_cfg = timm.models.get_pretrained_cfg(model)
+        fixed = pretrained_cfg is not None and pretrained_cfg.fixed_input_size
+        kwargs = {"img_size": img_size} if fixed and img_size is not None else {}
+        net = timm.create_model(model, pretrained=False, num_classes=0, **kwargs)
+        return ClassifierFree(net, net.num_features)
+    if kind == "torchvision":
+        from torchvision.models import get_model
+
+        return without_last_linear(get_model(model, weights=None))
+    return BACKBONES[model](in_channels)

@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 
 from scan.checkpoint import RunDir, damaged, load_torch, load_weights, read_json, read_npy, save_json, save_weights
-from scan.config import RunConfig
+from scan.config import DataConfig, RunConfig
 from scan.data import imagenet
 from scan.errors import ScanError
-from scan.models.backbones import BACKBONES, build_backbone
+from scan.models.backbones import build_backbone, check_backbone_name
 from scan.models.heads import ClusteringModel, ContrastiveModel
 
 # The largest base resolution a model card may ask images to be brought to (ImageNet runs use
@@ -32,10 +32,21 @@ def save_pretext_model(run: RunDir, model: ContrastiveModel) -> None:
     save_weights(model.head.state_dict(), run.stage("pretext") / "projection_head.safetensors")
 
 
+def save_pretext_backbone(run: RunDir, backbone: nn.Module) -> None:
+    """The hand-off of a pretrained backbone taken as it is: backbone.safetensors alone."""
+    save_weights(backbone.state_dict(), run.stage("pretext") / "backbone.safetensors")
+
+
+def load_pretext_backbone(run: RunDir, cfg: RunConfig) -> nn.Module:
+    """The backbone written by the pretext stage (trained here or pretrained)."""
+    backbone = build_backbone(cfg.pretext.backbone, cfg.data.channels, img_size=cfg.data.size)
+    load_into(backbone, run.stage("pretext") / "backbone.safetensors")
+    return backbone
+
+
 def load_pretext_model(run: RunDir, cfg: RunConfig) -> ContrastiveModel:
     """The SimCLR model (backbone + projection head) written by the pretext stage."""
-    model = ContrastiveModel(build_backbone(cfg.pretext.backbone, cfg.data.channels), cfg.pretext.feature_dim)
-    load_into(model.backbone, run.stage("pretext") / "backbone.safetensors")
+    model = ContrastiveModel(load_pretext_backbone(run, cfg), cfg.pretext.feature_dim)
     load_into(model.head, run.stage("pretext") / "projection_head.safetensors")
     return model
 
@@ -78,12 +89,15 @@ CLUSTERING_STEPS = ("cluster", "selflabel")
 
 def model_card(cfg: RunConfig, model: ClusteringModel, head: int) -> dict:
     """The JSON sidecar of an exported clustering model: everything needed to rebuild it and to
-    prepare images for it (decode crop, base size, channels, normalisation)."""
+    prepare images for it (decode crop, base size, channels, normalisation) and where its
+    backbone came from (pretext.source: trained here or pretrained, and the weight file)."""
     return {
         "backbone": cfg.pretext.backbone,
+        "backbone_source": cfg.pretext.source,
+        "backbone_weights": cfg.pretext.weights,
         "in_channels": cfg.data.channels,
         "input_size": cfg.data.size,
-        "crop": decode_crop(cfg.data.source),
+        "crop": decode_crop(cfg.data),
         "mean": cfg.data.mean,
         "std": cfg.data.std,
         "num_clusters": cfg.clusters,
@@ -92,10 +106,10 @@ def model_card(cfg: RunConfig, model: ClusteringModel, head: int) -> dict:
     }
 
 
-def decode_crop(source: str) -> float:
-    """Share of an image file's short side that the source keeps when decoding (centre crop).
-    Only the ImageNet sources crop (the standard 224/256); the others keep the whole square."""
-    return imagenet.CROP if source in imagenet.LOADERS else 1.0
+def decode_crop(data: DataConfig) -> float:
+    """Share of an image file's short side that the source keeps when decoding (centre crop):
+    the standard 224/256 for the ImageNet sources, data.crop for the others (1 by default)."""
+    return imagenet.CROP if data.source in imagenet.LOADERS else data.crop
 
 
 def save_clustering_model(run: RunDir, stage: str, model: ClusteringModel, cfg: RunConfig, head: int) -> None:
@@ -129,8 +143,12 @@ def card_problem(card: object) -> str | None:
             return f"{key} is {value!r}, expected an integer {'in ' + str(low) + '..' + str(high) if high else '>= ' + str(low)}"
     if card["in_channels"] == 2:
         return "in_channels is 2, expected 1 or 3"
-    if card.get("backbone") not in BACKBONES:
-        return f"unknown backbone {card.get('backbone')!r} (known: {', '.join(BACKBONES)})"
+    if not isinstance(card.get("backbone"), str):
+        return f"backbone is {card.get('backbone')!r}, expected a name"
+    try:
+        check_backbone_name(card["backbone"])
+    except ScanError as err:
+        return str(err)
     head = card.get("head")
     if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < card["num_heads"]:
         return f"head {head!r} is not one of its {card['num_heads']} heads"
@@ -162,7 +180,8 @@ def load_exported_model(folder: Path) -> tuple[ClusteringModel, dict]:
         raise damaged(folder / "model.json", f"it names {card['num_heads']} head(s) of {card['num_clusters']} clusters; "
                                              f"{path.name} holds {len(heads)} head(s)"
                                              + (f" of {first.shape[0]} clusters" if first is not None and first.ndim == 2 else ""))
-    model = ClusteringModel(build_backbone(card["backbone"], card["in_channels"]), card["num_clusters"], card["num_heads"])
+    backbone = build_backbone(card["backbone"], card["in_channels"], img_size=card["input_size"])
+    model = ClusteringModel(backbone, card["num_clusters"], card["num_heads"])
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

@@ -21,7 +21,7 @@ from scan.data.stream import Images, image_batches, on_device
 from scan.data.views import make_view
 from scan.losses import scan_loss, validation_scan_loss
 from scan.models.heads import ClusteringModel
-from scan.stages.artifacts import load_features, load_neighbors, load_pretext_model, save_clustering_model
+from scan.stages.artifacts import load_features, load_neighbors, load_pretext_backbone, save_clustering_model
 from scan.training.batches import anchor_neighbor_batches, infer, local_batch_size, steps_per_epoch
 from scan.training.context import RunContext
 from scan.training.loop import StepResult, TrainState, fit
@@ -105,7 +105,7 @@ Mode = FullNetwork | HeadsOnFeatures
 def cached_features(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen-backbone features of the train and selection splits: the mined train features when
     mining used backbone features, else one weak-view pass per split."""
-    backbone = ctx.runtime.prepare(load_pretext_model(run, cfg).backbone.to(ctx.device).eval())
+    backbone = ctx.runtime.prepare(load_pretext_backbone(run, cfg).to(ctx.device).eval())
     weak = make_view("weak", cfg.data)
 
     def embed(images: Images) -> torch.Tensor:
@@ -146,7 +146,7 @@ def train_cluster(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplit
     cc = cfg.cluster
     local_batch_size(ctx, cc.batch_size, "cluster.batch_size")
     neighbors, val_neighbors = (t.to(ctx.device) for t in load_neighbors(run))
-    pretext = lambda: load_pretext_model(run, cfg).backbone  # noqa: E731
+    pretext = lambda: load_pretext_backbone(run, cfg)  # noqa: E731
     if cc.update_head_only:
         mode: Mode = HeadsOnFeatures(ctx, cfg, *cached_features(ctx, cfg, run, data), pretext)
     else:

@@ -16,8 +16,9 @@ from scan.errors import ScanError
 from scan.losses import nt_xent
 from scan.models.backbones import build_backbone
 from scan.models.heads import ContrastiveModel
+from scan.models.hub import load_pretrained
 from scan.models.pretrained import load_moco_v2
-from scan.stages.artifacts import save_pretext_model
+from scan.stages.artifacts import save_pretext_backbone, save_pretext_model
 from scan.training.batches import local_batch_size, shuffled_batches, steps_per_epoch
 from scan.training.context import RunContext
 from scan.training.loop import StepResult, TrainState, fit
@@ -39,8 +40,16 @@ def simclr_step(ctx: RunContext, net: Callable, view: Callable, temperature: flo
 
 def run_pretext(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> dict:
     """Train SimCLR on the pretext images (or import `pretext.weights`); write the backbone and
-    projection head weights. Returns a summary."""
+    projection head weights. pretext.source=pretrained: load the backbone's pretrained weights and
+    write the backbone alone. Returns a summary."""
     pc = cfg.pretext
+    if pc.source == "pretrained":
+        backbone = build_backbone(pc.backbone, cfg.data.channels, img_size=cfg.data.size)
+        loaded = load_pretrained(backbone, pc.backbone, pc.weights)
+        echo(f"pretext: {pc.backbone} ({backbone.out_dim}-d features) with the pretrained weights of {loaded}, no training")
+        if ctx.is_main:
+            save_pretext_backbone(run, backbone)
+        return {"weights": loaded}
     model = ContrastiveModel(build_backbone(pc.backbone, cfg.data.channels), pc.feature_dim)
     if pc.weights:
         load_moco_v2(pc.weights, model)

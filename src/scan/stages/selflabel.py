@@ -23,7 +23,7 @@ from scan.data.stream import image_batches, on_device
 from scan.data.views import make_view
 from scan.losses import pseudo_label_ce, pseudo_labels
 from scan.models.heads import ClusteringModel
-from scan.stages.artifacts import load_clustering_model, save_clustering_model
+from scan.stages.artifacts import load_clustering_model, load_features, save_clustering_model
 from scan.stages.safeguard import assignment_balance, confident_set, compare_balance
 from scan.training.batches import infer, local_batch_size, shuffled_batches, steps_per_epoch
 from scan.training.context import RunContext
@@ -41,9 +41,14 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def train_probs(ctx: RunContext, cfg: RunConfig, model: ClusteringModel, data: ImageSplits) -> torch.Tensor:
-    """Probabilities N×K of the model's head 0 on the weak view of every train image (eval mode)."""
+def train_probs(ctx: RunContext, cfg: RunConfig, model: ClusteringModel, data: ImageSplits,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+    """Probabilities N×K of the model's head 0 on the weak view of every train image (eval mode),
+    or on the cached backbone `features` N×D of those images when given."""
     model.eval()
+    if features is not None:
+        with torch.no_grad():
+            return model.cluster_heads(features)[0].softmax(-1)
     return infer(lambda x: ctx.forward(model, x)[0], on_device(data.train, ctx.device), make_view("weak", cfg.data),
                  cfg.mine.batch_size, ctx.device, workers=cfg.runtime.workers, ctx=ctx).softmax(-1)
 
@@ -66,15 +71,31 @@ def selflabel_step(ctx: RunContext, net: Callable, weak: Callable, strong: Calla
     return step
 
 
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def run_selflabel(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> dict:
-    """Fine-tune the selected cluster head and backbone; write selflabel/model.safetensors unless
-    the safeguard keeps the SCAN model. Returns a summary with the final step and the reason."""
+    """Fine-tune the selected cluster head and backbone (or, selflabel.update_head_only, the head
+    alone on the cached backbone features, on rank 0: seconds); write selflabel/model.safetensors
+    unless the safeguard keeps the SCAN model. Returns a summary with the final step and the reason."""
+    if cfg.selflabel.update_head_only and ctx.dist.active:
+        summary = train_selflabel(ctx.alone(), cfg, run, data) if ctx.is_main else None
+        ctx.dist.barrier()
+        return ctx.dist.broadcast(summary)
+    return train_selflabel(ctx, cfg, run, data)
+
+
+def train_selflabel(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> dict:
     sc = cfg.selflabel
     local_batch_size(ctx, sc.batch_size, "selflabel.batch_size")
     model, head = load_clustering_model(run, "cluster")
     model.keep_head(head)
     model.to(ctx.device)
-    scan_probs = train_probs(ctx, cfg, model, data)
+    # Head only: the frozen backbone's features are the ones mining cached, and the head trains on
+    # them without augmentation (the same features give the target and the prediction).
+    features = load_features(run).to(ctx.device) if sc.update_head_only else None
+    scan_probs = train_probs(ctx, cfg, model, data, features)
     start = confident_set(scan_probs, sc.threshold, sc.min_confident)
     echo(f"selflabel: {start.share:.1%} of the train images are confident (> {sc.threshold}), in "
          f"{start.clusters}/{cfg.clusters} clusters")
@@ -82,11 +103,15 @@ def run_selflabel(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplit
         echo(f"selflabel: skipped, the SCAN model stays final: {start.reason}")
         return {"final": "cluster", "reason": start.reason, "confident": start.share}
 
-    images = on_device(data.train, ctx.device)
-    weak, strong = make_view("weak", cfg.data), make_view(sc.augment, cfg.data)
     ema = copy.deepcopy(model) if sc.ema > 0 else None  # before DistributedDataParallel hooks the model
-    net = ctx.prepare(model)
-    optimizer = build_optimizer(sc.optimizer, model.parameters(), sc.lr, sc.weight_decay, sc.momentum)
+    if features is not None:
+        model.backbone.requires_grad_(False)
+        images, net, params = features, model.cluster_heads, model.cluster_heads.parameters()
+        weak = strong = _unchanged
+    else:
+        images, net, params = on_device(data.train, ctx.device), ctx.prepare(model), model.parameters()
+        weak, strong = make_view("weak", cfg.data), make_view(sc.augment, cfg.data)
+    optimizer = build_optimizer(sc.optimizer, params, sc.lr, sc.weight_decay, sc.momentum)
     modules: dict = {"model": model, "optimizer": optimizer}
     if ema is not None:
         modules["ema"] = ema
@@ -94,15 +119,20 @@ def run_selflabel(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplit
     if state.restore(ctx):
         echo(f"selflabel: resuming after epoch {state.epoch}/{sc.epochs}")
 
-    fit(ctx, state, epochs=sc.epochs, steps=steps_per_epoch(len(images), sc.batch_size),
-        batches=lambda _: image_batches(images, shuffled_batches(ctx, len(images), sc.batch_size), ctx.device,
-                                        cfg.runtime.workers),
+    def batches(_: int):
+        order = shuffled_batches(ctx, len(images), sc.batch_size)
+        if features is not None:
+            return ((idx, features[idx]) for idx in order)
+        return image_batches(images, order, ctx.device, cfg.runtime.workers)
+
+    fit(ctx, state, epochs=sc.epochs, steps=steps_per_epoch(len(images), sc.batch_size), batches=batches,
+        on_epoch_start=(lambda _: model.cluster_heads.train()) if features is not None else None,
         step=selflabel_step(ctx, net, weak, strong, sc.threshold, sc.class_balance), after_step=(lambda: ema_update(ema, model, sc.ema)) if ema is not None else None,
         describe=lambda r: f"confident {r['confident']:.3f}" if "confident" in r else "")
     final = ema if ema is not None else model
     if ctx.is_main:
         save_clustering_model(run, "selflabel", final, cfg, head=0)
-    end = compare_balance(assignment_balance(scan_probs), assignment_balance(train_probs(ctx, cfg, final, data)),
+    end = compare_balance(assignment_balance(scan_probs), assignment_balance(train_probs(ctx, cfg, final, data, features)),
                           sc.max_balance_drop)
     summary = {"final": "selflabel" if end is None else "cluster", "confident": start.share,
                "skipped_steps": sum(r["skipped_steps"] for r in state.history)}

@@ -1,0 +1,148 @@
+"""`--clusters auto`: estimate the number of clusters K without labels, from the cached features
+and the mined neighbours.
+
+For every K in a range, `heads` linear SCAN heads are trained on the cached features from
+independent random starts (all K and all heads at once: one matrix product per step). Their
+agreement with each other is the stability of K (Lange et al., "Stability-based validation of
+clustering solutions", 2004):
+
+    stability(K)  mean adjusted Rand index between the hard assignments of every pair of heads.
+
+Too few clusters make the heads disagree on which groups to merge, too many on where to cut a
+group; in between lies a plateau. Criterion: the smallest K whose stability is within
+STABILITY_TOLERANCE (relative) of the best, the coarsest partition the heads reproduce (past the
+number of groups, heads can also agree on splitting a group by a strong sub-structure, such as
+the slant of a digit, which raises stability again without being a new group). Calibrated on this
+project's digits runs (README: "Your own photos with a pretrained backbone").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from dataclasses import dataclass
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import adjusted_rand_score
+
+from scan.checkpoint import RunDir, save_json
+from scan.config import RunConfig
+from scan.console import echo
+from scan.losses import scan_loss
+from scan.stages.artifacts import load_features, load_neighbors
+
+DEFAULT_RANGE = (2, 20)
+# Relative distance from the best stability that still counts as the plateau (see the docstring).
+STABILITY_TOLERANCE = 0.05
+
+
+@dataclass
+class KEstimate:
+    """The chosen K and the curves it was chosen from (one value per K in `ks`)."""
+
+    k: int
+    ks: list[int]
+    stability: list[float]
+
+    @property
+    def criterion(self) -> str:
+        return (f"the smallest K whose stability (mean adjusted Rand index between independently "
+                f"trained SCAN heads) is within {STABILITY_TOLERANCE:.0%} of the best")
+
+    def to_dict(self) -> dict:
+        """The JSON form written to metrics.json under "clusters_auto"."""
+        return {"k": self.k, "criterion": self.criterion, "ks": self.ks, "stability": self.stability}
+
+
+def train_heads(features: torch.Tensor, neighbors: torch.Tensor, ks: list[int], heads: int, steps: int,
+                batch_size: int, lr: float, entropy_weight: float) -> list[torch.Tensor]:
+    """SCAN heads for every K in `ks`, trained together on fixed features.
+
+    features: float N×D (L2-normalised here, so one learning rate suits any backbone);
+    neighbors: int64 N×k mined neighbours. Each step draws `batch_size` anchors and one neighbour
+    of each, as the cluster stage does. Returns, per K, the probabilities heads×N×K.
+    """
+    x = F.normalize(features.float(), dim=1)
+    n = len(x)
+    sizes = [k * heads for k in ks]
+    layer = torch.nn.Linear(x.shape[1], sum(sizes))
+    optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
+    # The SCAN loss of each head, for all heads of one K at once: B×heads×K -> heads.
+    per_head = torch.vmap(lambda a, b: scan_loss(a, b, entropy_weight).total, in_dims=1)
+
+    def logits(rows: torch.Tensor) -> list[torch.Tensor]:
+        """rows: N -> per K, logits B×heads×K."""
+        return [block.unflatten(1, (heads, k)) for block, k in zip(layer(x[rows]).split(sizes, dim=1), ks)]
+
+    for _ in range(steps):
+        anchors = torch.randint(n, (min(batch_size, n),))
+        pairs = neighbors[anchors, torch.randint(neighbors.shape[1], (len(anchors),))]
+        loss = sum(per_head(a, b).sum() for a, b in zip(logits(anchors), logits(pairs)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return [block.softmax(2).transpose(0, 1) for block in logits(torch.arange(n))]
+
+
+def stability(assignments: torch.Tensor) -> float:
+    """Mean adjusted Rand index over all pairs of heads. assignments: heads×N int64."""
+    a = assignments.numpy()
+    return float(np.mean([adjusted_rand_score(a[i], a[j]) for i, j in itertools.combinations(range(len(a)), 2)]))
+
+
+def choose_k(ks: list[int], stability_curve: list[float], tolerance: float = STABILITY_TOLERANCE) -> int:
+    """The criterion: the smallest K whose stability is at least (1 − tolerance)·the best."""
+    best = max(stability_curve)
+    return next(k for k, value in zip(ks, stability_curve) if value >= (1 - tolerance) * best)
+
+
+def estimate_clusters(features: torch.Tensor, neighbors: torch.Tensor, k_range: tuple[int, int] = DEFAULT_RANGE,
+                      heads: int = 10, steps: int = 600, batch_size: int = 256, lr: float = 3e-3,
+                      entropy_weight: float = 5.0) -> KEstimate:
+    """Estimate K in k_range (inclusive) from cached features N×D and mined neighbours N×k.
+    Deterministic under torch.manual_seed."""
+    low, high = k_range
+    if not 2 <= low <= high:
+        raise ValueError(f"the K range must satisfy 2 <= low <= high, got {k_range}")
+    ks = list(range(low, min(high, len(features) - 1) + 1))
+    per_k = train_heads(features, neighbors, ks, heads, steps, batch_size, lr, entropy_weight)
+    curve = [stability(p.argmax(2)) for p in per_k]
+    return KEstimate(choose_k(ks, curve), ks, curve)
+
+
+def estimate_path(run: RunDir) -> Path:
+    """Where the estimate is kept: with mining's outputs, which it is computed from (a rerun of
+    the mine stage removes it)."""
+    return run.stage("mine") / "clusters_auto.json"
+
+
+def read_estimate(run: RunDir) -> dict | None:
+    """The estimate of a `--clusters auto` run (KEstimate.to_dict), or None."""
+    path = estimate_path(run)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resolve_clusters(cfg: RunConfig, run: RunDir, write: bool = True) -> RunConfig:
+    """`cfg` itself unless clusters is 'auto'; then a copy with the K estimated from the run's
+    cached features and neighbours (computed once and written when `write`, then read back),
+    seeded by the run's seed, so every process of a run finds the same K."""
+    if cfg.clusters != "auto":
+        return cfg
+    estimate = read_estimate(run)
+    if estimate is None:
+        features, (neighbors, _) = load_features(run), load_neighbors(run)
+        with torch.random.fork_rng(devices=[]):  # the stages' own random streams stay as they were
+            torch.manual_seed(cfg.seed)
+            result = estimate_clusters(features, neighbors, tuple(cfg.cluster.auto_range))
+        estimate = result.to_dict()
+        if write:
+            save_json(estimate, estimate_path(run))
+        curve = ", ".join(f"{k}: {a:.3f}" for k, a in zip(result.ks, result.stability))
+        echo(f"clusters auto: K = {result.k}, {result.criterion} (stability by K: {curve})")
+    return dataclasses.replace(cfg, clusters=int(estimate["k"]))
