@@ -148,7 +148,7 @@ class Payload:
 
 def test_a_pickle_with_arbitrary_objects_is_refused(tmp_path):
     with open(tmp_path / "evil.pth", "wb") as f:
-        pickle.dump({"state_dict": Payload()}, f)
+        pickle.dump({"state_dict": Payload()}, f, protocol=2)  # GLOBAL opcodes, as torch.save writes
     with pytest.raises(ScanError, match="refusing to load"):
         load_backbone_weights(build_backbone(TIMM, 3), tmp_path / "evil.pth", TIMM)
 
