@@ -77,6 +77,8 @@ def test_photos_run_with_auto_clusters_then_predict(tmp_path, photos, weights, c
     assert clusters.shape == (48,) and int(clusters.max()) < k
     assert main(["predict", str(out), *files, "--device", "cpu"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert main(["report", str(out), "--device", "cpu"]) == 0
+    assert f"K = {k} was estimated (--clusters auto)" in (out / "report" / "index.html").read_text()
     assert [r["path"] for r in rows] == files
     assert [int(r["cluster"]) for r in rows] == clusters.tolist()
 

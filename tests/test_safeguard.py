@@ -63,3 +63,7 @@ def test_a_run_whose_confident_set_is_too_small_keeps_the_scan_model(tmp_path):
     assert done["summary"]["final"] == "cluster"
     assert scan.load(out).card == json.loads((out / "cluster" / "model.json").read_text())
     assert "final model: cluster" in (out / "log.txt").read_text()
+    from scan.report import write_report
+
+    page = write_report(out, device="cpu").read_text()
+    assert "Final model: <b>cluster</b>: only" in page

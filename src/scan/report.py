@@ -416,7 +416,7 @@ def write_report(run_dir: str | Path, per_cluster: int = 16, device: str = "auto
     for v in views:
         v.flags = doubts.reasons[v.index] + v.flags
     poor = poor_solution_warning(cfg, best_validation_loss(run))
-    sections = [_header(run, cfg, data, step, model), _metrics_section(run, data), _look_section(views, doubts, poor),
+    sections = [_header(run, cfg, data, step, model), _metrics_section(run, data), _choices_section(run), _look_section(views, doubts, poor),
                 _sizes_section(sizes), _curves_section(run, folder), _map_section(folder, model, data, train, views),
                 confusion, _neighbor_section(run, folder, data), _summary_section(views)]
     pages = [views[p:p + PER_PAGE] for p in range(0, k, PER_PAGE)]
@@ -487,6 +487,26 @@ def _metrics_section(run: RunDir, data: ImageSplits) -> str:
         return ""
     rows = [[s] + [f"{metrics[s][k]:.4f}" if k in metrics[s] else "" for k in keys] for s in steps]
     return "<h2>Test metrics</h2>" + _table(["step"] + keys, rows, numeric=tuple(range(1, len(keys) + 1)))
+
+
+def _choices_section(run: RunDir) -> str:
+    """What the run chose without labels: the final model (and why the SCAN model stayed, when the
+    self-label safeguard kept it) and, with --clusters auto, the estimated K and its curve."""
+    if not run.metrics.is_file():
+        return ""
+    metrics = read_json(run.metrics)
+    parts = []
+    final = metrics.get("final")
+    if final:
+        why = f": {_e(final['reason'])}" if final.get("reason") else ""
+        parts.append(f"<p>Final model: <b>{_e(final['step'])}</b>{why}.</p>")
+    auto = metrics.get("clusters_auto")
+    if auto:
+        rows = [[str(k), f"{s:.3f}" + (" ← chosen" if k == auto["k"] else "")]
+                for k, s in zip(auto["ks"], auto["stability"])]
+        parts.append(f"<p>K = {auto['k']} was estimated (--clusters auto): {_e(auto['criterion'])}.</p>"
+                     + _table(["K", "stability"], rows, numeric=(0, 1)))
+    return "<h2>Choices made without labels</h2>" + "".join(parts) if parts else ""
 
 
 def _sizes_section(sizes: np.ndarray) -> str:
