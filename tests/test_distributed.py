@@ -84,6 +84,7 @@ def _worker(rank: int, port: int, results: Path) -> None:
         weights = torch.randn(8 * 8, 3, generator=torch.Generator().manual_seed(1))
         out["features"] = infer(lambda v: v.flatten(1) @ weights, x["images"], lambda u: u.float() / 255, 4,
                                 torch.device("cpu"), ctx=ctx)
+        out["alone"] = torch.tensor(ctx.main_alone(lambda alone: [alone.world_size, rank]))
         torch.save(out, results / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -117,6 +118,10 @@ def test_sharded_inference_is_gathered_back_in_dataset_order(two_ranks):
     expected = infer(lambda v: v.flatten(1) @ weights, x["images"], lambda u: u.float() / 255, 4, torch.device("cpu"))
     for rank in two_ranks:
         assert torch.equal(rank["features"], expected)  # the same rows, so the same neighbours
+
+
+def test_work_for_rank_0_alone_runs_there_as_one_process_and_every_rank_gets_its_result(two_ranks):
+    assert [r["alone"].tolist() for r in two_ranks] == [[1, 0]] * WORLD
 
 
 def test_shards_cover_the_rows_once():

@@ -135,10 +135,8 @@ def run_cluster(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits)
     """Train `cluster.num_heads` heads, `cluster.restarts` times from the pretext weights; write
     the (restart, epoch, head) with the lowest validation loss to cluster/model.safetensors.
     Heads on cached features train on rank 0 alone (seconds to minutes); the others wait."""
-    if cfg.cluster.update_head_only and ctx.dist.active:
-        summary = train_cluster(ctx.alone(), cfg, run, data) if ctx.is_main else None
-        ctx.dist.barrier()
-        return ctx.dist.broadcast(summary)
+    if cfg.cluster.update_head_only:
+        return ctx.main_alone(lambda alone: train_cluster(alone, cfg, run, data))
     return train_cluster(ctx, cfg, run, data)
 
 

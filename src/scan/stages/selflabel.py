@@ -79,10 +79,8 @@ def run_selflabel(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplit
     """Fine-tune the selected cluster head and backbone (or, selflabel.update_head_only, the head
     alone on the cached backbone features, on rank 0: seconds); write selflabel/model.safetensors
     unless the safeguard keeps the SCAN model. Returns a summary with the final step and the reason."""
-    if cfg.selflabel.update_head_only and ctx.dist.active:
-        summary = train_selflabel(ctx.alone(), cfg, run, data) if ctx.is_main else None
-        ctx.dist.barrier()
-        return ctx.dist.broadcast(summary)
+    if cfg.selflabel.update_head_only:
+        return ctx.main_alone(lambda alone: train_selflabel(alone, cfg, run, data))
     return train_selflabel(ctx, cfg, run, data)
 
 

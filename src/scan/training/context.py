@@ -9,7 +9,7 @@ import random
 import signal
 import sys
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +18,8 @@ import torch.nn as nn
 from scan.config import RuntimeConfig
 from scan.distributed import LOCAL, Collectives, Launch, init_process_group, launch_from_env
 from scan.errors import ScanError
+
+T = TypeVar("T")
 
 # Rank r's augmentation stream is seeded with stage_seed + r·RANK_STRIDE (a prime, so the streams
 # of nearby seeds and ranks never coincide); rank 0's is the stage seed itself.
@@ -138,6 +140,15 @@ class RunContext:
     def alone(self) -> RunContext:
         """This context as a single process (for work rank 0 does by itself)."""
         return replace(self, launch=Launch(), dist=LOCAL)
+
+    def main_alone(self, work: Callable[[RunContext], T]) -> T:
+        """work(a single-process context) on rank 0 alone while the other ranks wait; every rank
+        returns rank 0's result (for work too small to share, e.g. heads on cached features)."""
+        if not self.dist.active:
+            return work(self)
+        result = work(self.alone()) if self.is_main else None
+        self.dist.barrier()
+        return self.dist.broadcast(result)
 
     def seed_stage(self, seed: int) -> None:
         """Start a stage's random streams: the shuffle stream from `seed` on every rank, the
