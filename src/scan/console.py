@@ -68,9 +68,11 @@ def busy_cores_note(threads: int, cores: int, load: float) -> str | None:
 
 
 def warn_busy_cores() -> None:
-    """Say once per process on stderr when torch has more threads than idle cores."""
+    """Say once per process on stderr, when it is a terminal, that torch has more threads than
+    idle cores (like the progress bars, a note for the person watching; logs and pipes, whose
+    readers parse one-line errors, do not get it)."""
     global _warned_threads
-    if _warned_threads or not hasattr(os, "getloadavg"):
+    if _warned_threads or not hasattr(os, "getloadavg") or not sys.stderr.isatty():
         return
     import torch
 

@@ -48,7 +48,8 @@ def assert_one_line_error(result: Result, *fragments: str) -> str:
     assert result.code not in (0, None), f"expected an error, got exit 0; stderr: {result.err!r}"
     assert "Traceback" not in result.err + result.out
     errors = [line for line in result.err.splitlines() if line.startswith("scan: error:")]
-    others = [line for line in result.err.splitlines() if line and not line.startswith(("scan: error:", "scan: warning:"))]
+    others = [line for line in result.err.splitlines()
+              if line and not line.startswith(("scan: error:", "scan: warning:", "scan: note:"))]
     assert len(errors) == 1 and not others, result.err
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])

@@ -148,7 +148,7 @@ def card_problem(card: object) -> str | None:
     try:
         check_backbone_name(card["backbone"])
     except ScanError as err:
-        return str(err)
+        return f"unknown backbone {card['backbone']!r} ({err})"
     head = card.get("head")
     if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < card["num_heads"]:
         return f"head {head!r} is not one of its {card['num_heads']} heads"
