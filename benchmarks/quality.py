@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from scan.training.context import native_bf16_cpu_feature
+
 STEPS = ("cluster", "selflabel")
 
 
@@ -83,7 +85,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix=f"scan-{args.preset}-"))
-    machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    # native_bf16 decides what runtime.precision=auto does on a CPU (scan.training.context).
+    machine = {"cpu": cpu_name(), "native_bf16": native_bf16_cpu_feature(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__}
     rows = []
     for seed in args.seeds:
         row = run_once(args.preset, seed, root / f"seed{seed}", args.data, args.overrides)

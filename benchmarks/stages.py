@@ -43,6 +43,7 @@ import torch
 from scan.config import RuntimeConfig, build_config
 from scan.data.stream import cpu_workers
 from scan.data.views import make_view
+from scan.heap import glibc_defaults, keep_freed_memory
 from scan.knn import faiss_available, knn
 from scan.losses import validation_scan_loss
 from scan.models.backbones import build_backbone
@@ -51,26 +52,23 @@ from scan.stages.cluster import FullNetwork, HeadsOnFeatures, scan_step
 from scan.stages.pretext import simclr_step
 from scan.stages.selflabel import selflabel_step
 from scan.training.batches import infer
-from scan.training.context import RunContext, Runtime
+from scan.training.context import RunContext, Runtime, native_bf16_cpu_feature
 from scan.training.loop import train_step
 from scan.training.optim import build_optimizer
 
+from quality import cpu_name  # benchmarks/quality.py, beside this script
+
 STAGES = ("pretext", "mine", "cluster", "cluster_head_only", "selflabel")
 # backbone -> the preset whose data and stage settings it is measured with
-BACKBONE_PRESETS = {"resnet18_cifar": "cifar10", "small_cnn": "digits"}
+BACKBONE_PRESETS = {"resnet18_cifar": "cifar10", "small_cnn": "digits", "small_cnn_narrow": "cifar10_cpu"}
 
 # ---- measuring ----------------------------------------------------------------------------------
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    line = {"benchmark": "machine", "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    line = {"benchmark": "machine", "cpu": cpu_name(), "native_bf16": native_bf16_cpu_feature(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device)}
     if device.type == "cuda":
         line["gpu"] = torch.cuda.get_device_name(device)
     if faiss_available():
@@ -342,6 +340,28 @@ def run_baseline(args, stage: str, backbone: str, batch: int, ours: dict) -> dic
             "step_ratio": round(ours["images_per_s"] / rate, 3), "epoch_ratio": round(epoch / ours_epoch, 3)}
 
 
+@contextmanager
+def glibc_heap():
+    """glibc's own allocator behaviour inside (DataLoader workers forked here inherit it), scan's
+    kept heap again after."""
+    glibc_defaults()
+    try:
+        yield
+    finally:
+        keep_freed_memory()
+
+
+def run_previous_defaults(args, stage: str, backbone: str, batch: int, ours: dict) -> dict:
+    """The same stage timed right after, in the same process, with the CPU defaults of before
+    the automatic choice (fp32, contiguous, glibc's heap): its images/s and ours over it."""
+    previous = copy.copy(args)
+    previous.precision, previous.channels_last, previous.compile = "fp32", False, False
+    with glibc_heap():
+        line = run_stage(previous, stage, backbone, batch)
+    return {"previous_images_per_s": line["images_per_s"],
+            "speedup_vs_previous": round(ours["images_per_s"] / line["images_per_s"], 3)}
+
+
 # ---- mining ------------------------------------------------------------------------
 
 
@@ -424,6 +444,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--knn-chunk", type=int, default=512)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--no-faiss", action="store_true")
+    parser.add_argument("--previous-defaults", action="store_true",
+                        help="also time each stage with the CPU defaults of before (fp32, contiguous, glibc's heap) "
+                             "right after, and print the speed-up")
     parser.add_argument("--baseline", action="store_true", help="also time the original-style pretext and SCAN "
                         "steps (benchmarks/original_style.py) right after ours, and print the ratios")
     parser.add_argument("--validation-n", type=int, nargs="+", default=[10_000, 50_000])
@@ -442,14 +465,18 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(line), flush=True)
 
     emit(machine(args.device))
+    keep_freed_memory()  # as every `scan` run does (scan.heap)
     for backbone in args.backbones:
         for stage in STAGES:
             if stage in wanted:
                 for batch in stage_batches(args, stage, backbone):
                     line = run_stage(args, stage, backbone, batch)
+                    if args.previous_defaults:
+                        line.update(run_previous_defaults(args, stage, backbone, batch, line))
                     emit(line)
                     if args.baseline and stage in ("pretext", "cluster"):
-                        emit(run_baseline(args, stage, backbone, batch, line))
+                        with glibc_heap():  # the original's process never calls mallopt
+                            emit(run_baseline(args, stage, backbone, batch, line))
     if "mining" in wanted:
         for n in args.mining_n:
             for d in args.mining_d:

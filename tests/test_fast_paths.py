@@ -139,11 +139,31 @@ def test_runtime_config_values_and_errors():
         assert str(err.value) == message
 
 
-def test_runtime_auto_is_fp32_and_contiguous_on_cpu():
+@pytest.mark.parametrize("capabilities, fast", [
+    ({"avx2": True, "avx512_f": True}, False),          # AVX-512 without bf16: fp32
+    ({"avx2": True}, False),
+    ({"avx512_bf16": True}, True),
+    ({"amx_bf16": True, "amx_tile": True}, True),
+    ({"avx512_bf16": False, "amx_bf16": False}, False),
+])
+def test_runtime_auto_on_cpu_is_bf16_channels_last_only_with_native_bf16(monkeypatch, capabilities, fast):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
     rt = _runtime()
-    assert (rt.bf16, rt.channels_last, rt.compile) == (False, False, False)
+    assert (rt.bf16, rt.channels_last, rt.compile) == (fast, fast, False)
+    assert rt.describe() == ("bf16 autocast, channels-last" if fast else "fp32")
+    # Explicit settings win over what the CPU has.
     rt = _runtime(precision="bf16", channels_last=True)
     assert (rt.bf16, rt.channels_last) == (True, True)
+    rt = _runtime(precision="fp32", channels_last=False)
+    assert (rt.bf16, rt.channels_last) == (False, False)
+    assert rt.describe() == "fp32"
+
+
+def test_native_bf16_feature_is_read_from_torch():
+    from scan.training.context import native_bf16_cpu_feature
+    caps = torch.cpu.get_capabilities()
+    expected = "amx_bf16" if caps.get("amx_bf16") else "avx512_bf16" if caps.get("avx512_bf16") else None
+    assert native_bf16_cpu_feature() == expected
 
 
 def test_runtime_keys_change_no_fingerprint_and_need_no_force(tmp_path):

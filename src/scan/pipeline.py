@@ -80,7 +80,7 @@ def start_run(cfg: RunConfig, out: str | Path | None, force: bool) -> tuple[RunC
     ctx = RunContext.create(cfg.device, cfg.runtime)
     run = open_run(cfg, out, force) if ctx.is_main else RunDir(out if out is not None else Path("runs") / cfg.preset)
     ranks = f", {ctx.world_size} processes" if ctx.dist.active else ""
-    echo(f"run: {run.root} (preset {cfg.preset}, seed {cfg.seed}, device {ctx.device}{ranks})")
+    echo(f"run: {run.root} (preset {cfg.preset}, seed {cfg.seed}, device {ctx.device}: {ctx.runtime.describe()}{ranks})")
     # Rank 0 first: a file source decodes once into the shared cache, which the others then read.
     data = load_data(cfg) if ctx.is_main else None
     ctx.dist.barrier()

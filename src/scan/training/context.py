@@ -18,6 +18,7 @@ import torch.nn as nn
 from scan.config import RuntimeConfig
 from scan.distributed import LOCAL, Collectives, Launch, init_process_group, launch_from_env
 from scan.errors import ScanError
+from scan.heap import keep_freed_memory
 
 T = TypeVar("T")
 
@@ -41,6 +42,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+# CPU features that do bf16 arithmetic in hardware (names as torch.cpu.get_capabilities gives
+# them). Without one, oneDNN emulates bf16 and autocast costs time instead of saving it.
+NATIVE_BF16_CPU_FEATURES = ("amx_bf16", "avx512_bf16")
+
+
+def native_bf16_cpu_feature() -> str | None:
+    """The first CPU feature of NATIVE_BF16_CPU_FEATURES this CPU has, or None."""
+    capabilities = torch.cpu.get_capabilities()
+    return next((name for name in NATIVE_BF16_CPU_FEATURES if capabilities.get(name)), None)
+
+
 @dataclass(frozen=True)
 class Runtime:
     """How network passes run on `device`: bf16 autocast, channels-last memory format and
@@ -54,13 +66,26 @@ class Runtime:
 
     @classmethod
     def from_config(cls, rc: RuntimeConfig, device: torch.device) -> Runtime:
-        """'auto' turns bf16 autocast (where the GPU supports bf16) and channels-last on for CUDA
-        and leaves CPU runs in fp32 and contiguous, the numbers every CPU result was made with
-        (on a CPU with AVX512-BF16 both are faster when asked for; benchmarks/README.md)."""
-        cuda = device.type == "cuda"
-        bf16 = rc.precision == "bf16" or (rc.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
-        channels_last = rc.channels_last is True or (rc.channels_last == "auto" and cuda)
+        """'auto' turns bf16 autocast and channels-last on where bf16 is native: a CUDA GPU that
+        supports it, or a CPU with AMX-BF16 or AVX512-BF16 (there both made every step faster and
+        the digits results equal over 20 seeds: benchmarks/README.md). Other CPUs stay in fp32
+        and contiguous, where bf16 would be emulated."""
+        if device.type == "cuda":
+            native = torch.cuda.is_bf16_supported()
+        else:
+            native = device.type == "cpu" and native_bf16_cpu_feature() is not None
+        bf16 = rc.precision == "bf16" or (rc.precision == "auto" and native)
+        channels_last = rc.channels_last is True or (rc.channels_last == "auto" and native)
         return cls(device, bf16=bf16, channels_last=channels_last, compile=rc.compile)
+
+    def describe(self) -> str:
+        """How passes run, for the run's first line: e.g. 'bf16 autocast, channels-last'."""
+        parts = ["bf16 autocast" if self.bf16 else "fp32"]
+        if self.channels_last:
+            parts.append("channels-last")
+        if self.compile:
+            parts.append("compiled")
+        return ", ".join(parts)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on this device, or nothing."""
@@ -109,7 +134,9 @@ class RunContext:
     @classmethod
     def create(cls, device: str, rc: RuntimeConfig) -> RunContext:
         """The context of this process: a single process, or one rank of a torchrun/srun launch
-        (joining its process group). Ranks other than 0 print nothing to stdout."""
+        (joining its process group). Ranks other than 0 print nothing to stdout. Memory freed by
+        one training step is kept for the next (scan.heap)."""
+        keep_freed_memory()
         launch = launch_from_env()
         dev = resolve_device(device, launch.local_rank)
         if launch.world_size > 1:
