@@ -21,20 +21,26 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Iterator
 
 from scan.checkpoint import RunDir
 from scan.kestimate import read_estimate, resolve_clusters
 from scan.rundir import read_config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def mined_runs(description: str) -> Iterator[tuple[Path, RunDir]]:
+    """The run directories named on the command line, each checked to have finished mining."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories whose mine stage has finished")
-    args = parser.parse_args()
-    for root in args.runs:
+    for root in parser.parse_args().runs:
         run = RunDir(root)
         if not run.done("mine").is_file():
             raise SystemExit(f"{root}: the mine stage has not finished; run `scan mine` on it first")
+        yield root, run
+
+
+def main() -> None:
+    for root, run in mined_runs(__doc__.splitlines()[0]):
         cfg = dataclasses.replace(read_config(run), clusters="auto")
         start = time.perf_counter()
         k = resolve_clusters(cfg, run).clusters

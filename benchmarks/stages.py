@@ -43,7 +43,7 @@ import torch
 from scan.config import RuntimeConfig, build_config
 from scan.data.stream import cpu_workers
 from scan.data.views import make_view
-from scan.heap import glibc_defaults, keep_freed_memory
+from scan.heap import glibc_defaults, keep_freed_memory, release_free_memory
 from scan.knn import faiss_available, knn
 from scan.losses import validation_scan_loss
 from scan.models.backbones import build_backbone
@@ -60,7 +60,8 @@ from quality import cpu_name  # benchmarks/quality.py, beside this script
 
 STAGES = ("pretext", "mine", "cluster", "cluster_head_only", "selflabel")
 # backbone -> the preset whose data and stage settings it is measured with
-BACKBONE_PRESETS = {"resnet18_cifar": "cifar10", "small_cnn": "digits", "small_cnn_narrow": "cifar10_cpu"}
+BACKBONE_PRESETS = {"resnet18_cifar": "cifar10", "small_cnn": "digits", "small_cnn_narrow": "cifar10_cpu",
+                    "small_cnn_narrow_3stage": "cifar10_cpu"}
 
 # ---- measuring ----------------------------------------------------------------------------------
 
@@ -83,17 +84,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _release_free_heap() -> None:
-    """Give freed heap pages back to the OS (glibc malloc_trim), so that the next measurement's
-    growth shows in the resident set instead of hiding in memory an earlier one freed."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -111,7 +101,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
         else:
-            _release_free_heap()
+            release_free_memory()  # growth then shows in the resident set, not in memory freed earlier
             self.base = self.peak = _rss_bytes()
             self.stop = threading.Event()
             self.thread = threading.Thread(target=self._sample, daemon=True)

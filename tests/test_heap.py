@@ -49,3 +49,29 @@ def test_glibc_defaults_give_blocks_back_to_the_kernel():
     assert took == "True"
     # Each step maps the block afresh: at least one fault per 2 MB huge page, 4 steps.
     assert faults >= 4 * 32
+
+
+# With freed memory kept, 64 MB written and freed stays resident until release_free_memory.
+RELEASE = textwrap.dedent("""
+    import ctypes, os
+    from scan.heap import keep_freed_memory, release_free_memory
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    keep_freed_memory()
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    block = libc.malloc(64 << 20)
+    ctypes.memset(block, 1, 64 << 20)
+    libc.free(block)
+    kept = rss()
+    took = release_free_memory()
+    print(took, (kept - rss()) >> 20)
+""")
+
+
+def test_release_hands_kept_memory_back():
+    out = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True, check=True).stdout
+    took, released_mb = out.split()
+    assert took == "True"
+    assert int(released_mb) >= 60

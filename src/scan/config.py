@@ -137,9 +137,10 @@ class SelfLabelConfig:
 @dataclass
 class RuntimeConfig:
     """How the network passes are computed and the images read, not what they compute: no stage's
-    fingerprint depends on these. `auto` means bf16 autocast and channels-last on CUDA, fp32 and
-    contiguous on CPU; file datasets are streamed from their decode cache (`stream`) when they do
-    not fit in memory, through `workers` DataLoader processes."""
+    fingerprint depends on these. `auto` means bf16 autocast and channels-last on CUDA and on CPUs
+    with native bf16 (AMX-BF16, AVX512-BF16), fp32 and contiguous on other CPUs; file datasets
+    are streamed from their decode cache (`stream`) when they do not fit in memory, through
+    `workers` DataLoader processes."""
 
     precision: str = "auto"
     channels_last: bool | str = "auto"

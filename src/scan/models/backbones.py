@@ -73,6 +73,7 @@ class TorchvisionResNet(nn.Module):
 BACKBONES: dict[str, Callable[[int], nn.Module]] = {
     "small_cnn": lambda c: SmallCNN(c, width=64, stages=2),
     "small_cnn_narrow": lambda c: SmallCNN(c, width=32, stages=2),
+    "small_cnn_narrow_3stage": lambda c: SmallCNN(c, width=32, stages=3),
     "resnet18_cifar": lambda c: TorchvisionResNet(resnet18(), c, small_stem=True),
     "resnet18_stl": lambda c: TorchvisionResNet(resnet18(), c, small_stem=True, stem_pool=True),
     "resnet18": lambda c: TorchvisionResNet(resnet18(), c, small_stem=False),
