@@ -18,9 +18,11 @@ from conftest import tiny_arrays as npz_arrays  # noqa: F401 - the shared tiny d
 from scan.cli import main
 
 # Each stage runs for a few seconds on digits (the fault suite's tiny run); the self-label
-# safeguard is off, so that stage always trains and its model is the run's final one.
+# safeguard is off, so that stage always trains and its model is the run's final one, and its
+# threshold is low: after 3 SCAN epochs few images pass 0.99, and a stage whose steps are all
+# skipped ends within the kill delay of test_kill_resume, so no kill would land in it.
 TINY = ["pretext.epochs=3", "cluster.epochs=3", "selflabel.epochs=2", "cluster.num_heads=2", "device=cpu",
-        "selflabel.min_confident=0", "selflabel.max_balance_drop=1"]
+        "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.threshold=0.5"]
 
 
 @dataclass

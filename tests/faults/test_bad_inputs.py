@@ -116,8 +116,8 @@ def _check(capsys, tmp_path: Path, args: list, *fragments: str) -> str:
 def test_bad_command_line(name, places, tmp_path, capsys):
     args, fragment = CLI_CASES[name]
     args = [a.format(**places) for a in args]
-    if args[0] == "run":
-        args += ["--out", places["out"], *TINY]
+    if args[0] == "run":  # the tiny run's settings first, so that the case's own override wins
+        args = [args[0], "--out", places["out"], *TINY, *args[1:]]
     _check(capsys, tmp_path, args, fragment)
 
 
