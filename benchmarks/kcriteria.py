@@ -1,6 +1,6 @@
 """Criteria for the number of clusters K, compared on finished runs (after `scan pretext` and
 `scan mine`): which K each one picks from the same cached features and mined neighbours. It records
-what was tried for `--clusters auto` (benchmarks/README.md, "Estimating K"); `scan` itself uses
+what was tried for `--clusters auto` (results: README.md, "Your own photos"); `scan` itself uses
 only the first, `scan.kestimate`'s stability.
 
 - stability: scan.kestimate's choice (mean adjusted Rand index between independently trained SCAN
@@ -32,7 +32,7 @@ from scipy.sparse.linalg import eigsh
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from scan.kestimate import DEFAULT_RANGE, choose_k, stability, train_heads
+from scan.kestimate import choose_k, head_assignments, stability
 from scan.rundir import read_config
 from scan.stages.artifacts import load_features, load_neighbors
 
@@ -70,10 +70,8 @@ def main() -> None:
         cfg = read_config(run)
         start = time.perf_counter()
         features, (neighbors, _) = load_features(run), load_neighbors(run)
-        ks = list(range(DEFAULT_RANGE[0], min(DEFAULT_RANGE[1], len(features) - 1) + 1))
         torch.manual_seed(cfg.seed)
-        per_k = [p.argmax(2) for p in train_heads(features, neighbors, ks, heads=10, steps=600, batch_size=256,
-                                                  lr=3e-3, entropy_weight=5.0)]
+        ks, per_k = head_assignments(features, neighbors)
         curves = {
             "stability": [stability(a) for a in per_k],
             "modularity": [float(np.mean([modularity(h, neighbors.numpy(), k) for h in a.numpy()]))

@@ -102,17 +102,26 @@ def choose_k(ks: list[int], stability_curve: list[float], tolerance: float = STA
     return next(k for k, value in zip(ks, stability_curve) if value >= (1 - tolerance) * best)
 
 
-def estimate_clusters(features: torch.Tensor, neighbors: torch.Tensor, k_range: tuple[int, int] = DEFAULT_RANGE,
-                      heads: int = 10, steps: int = 600, batch_size: int = 256, lr: float = 3e-3,
-                      entropy_weight: float = 5.0) -> KEstimate:
-    """Estimate K in k_range (inclusive) from cached features N×D and mined neighbours N×k.
+def head_assignments(features: torch.Tensor, neighbors: torch.Tensor, k_range: tuple[int, int] = DEFAULT_RANGE,
+                     heads: int = 10, steps: int = 600, batch_size: int = 256, lr: float = 3e-3,
+                     entropy_weight: float = 5.0) -> tuple[list[int], list[torch.Tensor]]:
+    """The K values of k_range (inclusive, at most N − 1) and, per K, the hard assignments
+    heads×N (int64) of SCAN heads trained on cached features N×D and mined neighbours N×k.
     Deterministic under torch.manual_seed."""
     low, high = k_range
     if not 2 <= low <= high:
         raise ValueError(f"the K range must satisfy 2 <= low <= high, got {k_range}")
     ks = list(range(low, min(high, len(features) - 1) + 1))
     per_k = train_heads(features, neighbors, ks, heads, steps, batch_size, lr, entropy_weight)
-    curve = [stability(p.argmax(2)) for p in per_k]
+    return ks, [p.argmax(2) for p in per_k]
+
+
+def estimate_clusters(features: torch.Tensor, neighbors: torch.Tensor, k_range: tuple[int, int] = DEFAULT_RANGE,
+                      **training: int | float) -> KEstimate:
+    """Estimate K in k_range (inclusive) from cached features N×D and mined neighbours N×k;
+    `training` overrides head_assignments' settings. Deterministic under torch.manual_seed."""
+    ks, assignments = head_assignments(features, neighbors, k_range, **training)
+    curve = [stability(a) for a in assignments]
     return KEstimate(choose_k(ks, curve), ks, curve)
 
 
