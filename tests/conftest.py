@@ -43,7 +43,7 @@ def tiny_npz(make_npz) -> Path:
 
 
 # A few epochs of each stage on digits: seconds, enough for every artefact of a run to exist.
-TINY_RUN = ["pretext.epochs=2", "cluster.epochs=2", "selflabel.epochs=1", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "cluster.num_heads=2", "device=cpu"]
+TINY_RUN = ["pretext.epochs=2", "cluster.epochs=2", "selflabel.epochs=1", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.max_agreement_drop=1", "cluster.num_heads=2", "device=cpu"]
 
 
 @pytest.fixture(scope="session")

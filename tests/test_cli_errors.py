@@ -15,7 +15,7 @@ from scan.console import set_log_file
 from scan.models.backbones import BACKBONES
 
 # Keeps any command that wrongly gets past its check down to a second of work.
-TINY = ("pretext.epochs=1", "cluster.epochs=1", "selflabel.epochs=1", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "pretext.batch_size=8",
+TINY = ("pretext.epochs=1", "cluster.epochs=1", "selflabel.epochs=1", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.max_agreement_drop=1", "pretext.batch_size=8",
         "cluster.batch_size=8", "selflabel.batch_size=8", "mine.k=5")
 
 

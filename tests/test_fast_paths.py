@@ -278,7 +278,7 @@ def test_torch_compile_gives_the_eager_loss():
 
 
 def test_tiny_run_with_bf16_channels_last_and_faiss(tmp_path):
-    overrides = ["pretext.epochs=2", "cluster.epochs=2", "selflabel.epochs=1", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "cluster.num_heads=2", "device=cpu",
+    overrides = ["pretext.epochs=2", "cluster.epochs=2", "selflabel.epochs=1", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.max_agreement_drop=1", "cluster.num_heads=2", "device=cpu",
                  "runtime.precision=bf16", "runtime.channels_last=true"]
     if faiss_available():
         overrides.append("mine.backend=faiss")

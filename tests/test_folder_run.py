@@ -12,7 +12,7 @@ from PIL import Image
 from scan.cli import main
 
 TINY = ["pretext.backbone=small_cnn_narrow", "pretext.epochs=3", "pretext.batch_size=32", "mine.k=5",
-        "cluster.epochs=2", "cluster.batch_size=32", "selflabel.epochs=1", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.batch_size=32",
+        "cluster.epochs=2", "cluster.batch_size=32", "selflabel.epochs=1", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.max_agreement_drop=1", "selflabel.batch_size=32",
         "--size", "16", "--clusters", "3", "--device", "cpu"]
 
 

@@ -47,7 +47,7 @@ def test_photos_run_with_auto_clusters_then_predict(tmp_path, photos, weights, c
             f"pretext.backbone={BACKBONE}", f"pretext.weights={weights}", "mine.k=5",
             "cluster.auto_range=[2,4]", "cluster.epochs=3", "selflabel.epochs=2", "--device", "cpu",
             # random weights give few confident images: the safeguard would skip self-labelling
-            "selflabel.min_confident=0", "selflabel.max_balance_drop=1"]
+            "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.max_agreement_drop=1"]
     assert main(args) == 0
     log = capsys.readouterr().out
     assert "no training" in log and "images/s" in log and "clusters auto: K = " in log

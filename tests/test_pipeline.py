@@ -17,7 +17,7 @@ from scan.pipeline import run_pipeline
 from scan.training.loop import TrainState
 
 # A few epochs of each stage: seconds per run, enough to exercise every code path.
-SHORT = ["pretext.epochs=4", "cluster.epochs=3", "selflabel.epochs=2", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "cluster.num_heads=2", "device=cpu"]
+SHORT = ["pretext.epochs=4", "cluster.epochs=3", "selflabel.epochs=2", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.max_agreement_drop=1", "cluster.num_heads=2", "device=cpu"]
 
 
 def without_timings(metrics: dict) -> dict:

@@ -80,7 +80,7 @@ def test_a_run_with_imported_pretext_weights_trains_no_simclr(tmp_path):
     torch.save(moco_checkpoint(model), tmp_path / "moco.pth.tar")
     cfg = build_config("digits", overrides=[
         "pretext.backbone=resnet18", f"pretext.weights={tmp_path / 'moco.pth.tar'}", "pretext.epochs=0",
-        "mine.features=backbone", "cluster.update_head_only=true", "cluster.epochs=2", "selflabel.epochs=1", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "device=cpu"])
+        "mine.features=backbone", "cluster.update_head_only=true", "cluster.epochs=2", "selflabel.epochs=1", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.max_agreement_drop=1", "device=cpu"])
     metrics = run_pipeline(cfg, out=tmp_path / "run")
     assert not (tmp_path / "run" / "pretext" / "history.jsonl").exists()
     assert "acc" in metrics["selflabel"]

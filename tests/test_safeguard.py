@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import scan
-from scan.stages.safeguard import assignment_balance, compare_balance, confident_set
+from scan.losses import pseudo_labels
+from scan.stages.safeguard import (assignment_balance, cluster_thresholds, compare_agreement, compare_balance, confident_set,
+                                   neighbor_agreement)
 
 
 def one_hot_probs(clusters: list[int], k: int, confidence: float) -> torch.Tensor:
@@ -23,18 +25,37 @@ def one_hot_probs(clusters: list[int], k: int, confidence: float) -> torch.Tenso
 def test_a_confident_set_of_one_class_is_not_enough():
     # 40 images confident in cluster 0, 60 spread over clusters 1-3 without confidence.
     probs = torch.cat([one_hot_probs([0] * 40, 4, 0.999), one_hot_probs([1, 2, 3] * 20, 4, 0.5)])
-    judged = confident_set(probs, threshold=0.99, min_share=0.1)
+    judged = confident_set(probs, cluster_thresholds(probs, 0.99, quota=0), min_share=0.1)
     assert judged.share == pytest.approx(0.4) and judged.clusters == 1
     assert not judged.enough and "3 of 4 clusters have no confident image" in judged.reason
 
 
 def test_too_few_confident_images_are_not_enough_and_zero_turns_the_check_off():
     probs = torch.cat([one_hot_probs([0, 1, 2, 3], 4, 0.999), one_hot_probs([0, 1, 2, 3] * 24, 4, 0.9)])
-    judged = confident_set(probs, threshold=0.99, min_share=0.1)
+    global_threshold = torch.full((4,), 0.99)
+    judged = confident_set(probs, global_threshold, min_share=0.1)
     assert judged.share == pytest.approx(0.04) and judged.clusters == 4
     assert not judged.enough and "only 4.0%" in judged.reason
-    assert confident_set(probs, threshold=0.99, min_share=0.0).enough
-    assert confident_set(one_hot_probs([0, 1, 2, 3] * 5, 4, 0.999), 0.99, 0.1).enough
+    assert confident_set(probs, global_threshold, min_share=0.0).enough
+    assert confident_set(one_hot_probs([0, 1, 2, 3] * 5, 4, 0.999), global_threshold, 0.1).enough
+
+
+def test_a_cluster_quota_lowers_the_threshold_only_where_too_few_images_pass():
+    # Cluster 0: 40 images at 0.999 (all pass 0.99). Cluster 1: confidences 0.50, 0.55, ..., 0.95
+    # (10 images, none pass); the top 20 % are 0.90 and 0.95, so its threshold falls just below the
+    # 80th percentile 0.86 (linear interpolation between 0.85 and 0.90 at 0.8·9 = 7.2).
+    # Clusters 2 and 3 hold no image and keep the global threshold.
+    confidences = [0.50 + 0.05 * i for i in range(10)]
+    probs = torch.cat([one_hot_probs([0] * 40, 4, 0.999),
+                       torch.stack([one_hot_probs([1], 4, c)[0] for c in confidences])])
+    thresholds = cluster_thresholds(probs, 0.99, quota=0.2)
+    assert thresholds.tolist() == pytest.approx([0.99, 0.86, 0.99, 0.99])
+    assert cluster_thresholds(probs, 0.99, quota=0).tolist() == pytest.approx([0.99] * 4)
+    judged = confident_set(probs, thresholds, min_share=0.1)
+    assert judged.clusters == 2 and judged.share == pytest.approx(42 / 50)
+    # The step's pseudo-labels use the cluster's own threshold: 0.90 and 0.95 pass in cluster 1.
+    labels = pseudo_labels(probs.log(), thresholds, class_balance=False)
+    assert labels.count == 42 and labels.mask[40:].tolist() == [False] * 8 + [True] * 2
 
 
 def test_balance_is_the_normalised_entropy_of_the_cluster_sizes():
@@ -48,6 +69,17 @@ def test_a_model_that_unbalances_the_clusters_does_not_replace_the_scan_model():
     assert compare_balance(0.98, 0.95, max_drop=0.05) is None
     reason = compare_balance(0.98, 0.80, max_drop=0.05)
     assert reason is not None and "0.980 -> 0.800" in reason
+
+
+def test_a_model_that_agrees_less_with_the_mined_neighbours_does_not_replace_the_scan_model():
+    neighbors = torch.tensor([[1], [0], [3], [2]])  # 0 <-> 1 and 2 <-> 3
+    before = one_hot_probs([0, 0, 1, 1], 2, 0.9)    # both pairs in one cluster: 4 of 4 agree
+    after = one_hot_probs([0, 1, 1, 1], 2, 0.9)     # image 1 moved: 0-1 and 1-0 disagree
+    assert neighbor_agreement(before, neighbors) == pytest.approx(1.0)
+    assert neighbor_agreement(after, neighbors) == pytest.approx(0.5)
+    reason = compare_agreement(1.0, 0.5, max_drop=0.0)
+    assert reason is not None and "1.0000 -> 0.5000" in reason
+    assert compare_agreement(0.5, 1.0, max_drop=0.0) is None and compare_agreement(1.0, 0.5, max_drop=1.0) is None
 
 
 TINY = ["pretext.epochs=2", "cluster.epochs=2", "selflabel.epochs=1", "cluster.num_heads=2", "device=cpu"]

@@ -119,6 +119,9 @@ class SelfLabelConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     threshold: float = 0.99
+    # Per cluster, lower the threshold until at least this share of the images the SCAN model puts
+    # there pass it (safeguard.cluster_thresholds); 0 keeps one global threshold, as the original.
+    cluster_quota: float = 0.0
     class_balance: bool = True
     ema: float = 0.0
     augment: str = "strong"
@@ -129,6 +132,9 @@ class SelfLabelConfig:
     # min_confident=0 and max_balance_drop=1 turn the checks off.
     min_confident: float = 0.1
     max_balance_drop: float = 0.05
+    # ... and only when the share of (image, mined neighbour) pairs in one cluster drops by at most
+    # this much (safeguard.neighbor_agreement; 1 turns the check off).
+    max_agreement_drop: float = 0.0
     # Train the head alone on the cached backbone features (no augmentation: the confident
     # predictions of the features supervise the same features) instead of the whole network.
     update_head_only: bool = False
@@ -372,8 +378,9 @@ def validate(cfg: RunConfig) -> None:
         raise ScanError("data.jitter must be [brightness, contrast, saturation, hue]")
     if not 0 < cfg.selflabel.threshold < 1:
         raise ScanError(f"selflabel.threshold must be in (0, 1), got {cfg.selflabel.threshold}")
-    if not 0 <= cfg.selflabel.min_confident <= 1 or not 0 <= cfg.selflabel.max_balance_drop <= 1:
-        raise ScanError("selflabel.min_confident and selflabel.max_balance_drop must be in [0, 1]")
+    for key in ("min_confident", "max_balance_drop", "max_agreement_drop", "cluster_quota"):
+        if not 0 <= getattr(cfg.selflabel, key) <= 1:
+            raise ScanError(f"selflabel.{key} must be in [0, 1], got {getattr(cfg.selflabel, key)}")
     if not 0 <= cfg.selflabel.ema < 1:
         raise ScanError(f"selflabel.ema must be in [0, 1) (0 turns EMA off), got {cfg.selflabel.ema}")
     if min(cfg.pretext.epochs, cfg.selflabel.epochs, cfg.pretext.warmup_epochs) < 0:
@@ -505,11 +512,13 @@ KEY_HELP: dict[str, str] = {
     "selflabel.momentum": "SGD momentum (selflabel.optimizer=sgd)",
     "selflabel.weight_decay": "weight decay of the self-label step",
     "selflabel.threshold": "a weak view's top probability above this makes it a pseudo-label",
+    "selflabel.cluster_quota": "per cluster, the threshold is lowered until at least this share of its images pass",
     "selflabel.class_balance": "weight the cross-entropy by inverse pseudo-label frequency",
     "selflabel.ema": "exponential moving average of the weights (0: off; 0.999 for ImageNet)",
     "selflabel.augment": "view the self-label step trains on: weak, simclr or strong",
     "selflabel.min_confident": "self-label only when at least this share of train images is confident (0: always)",
     "selflabel.max_balance_drop": "keep the self-label model only if cluster balance drops by at most this (1: always)",
+    "selflabel.max_agreement_drop": "keep the self-label model only if its agreement with the mined neighbours drops by at most this (1: always)",
     "selflabel.update_head_only": "train the head alone on the cached backbone features (no augmentation)",
     "runtime.precision": "auto, fp32 or bf16 autocast (auto: bf16 where it is native: CUDA that supports it, CPUs with AMX-BF16 or AVX512-BF16)",
     "runtime.channels_last": "channels-last memory format (auto: on where bf16 is native, as for precision)",

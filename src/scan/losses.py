@@ -111,15 +111,16 @@ class PseudoLabels(NamedTuple):
     weight_sum: float
 
 
-def pseudo_labels(weak_logits: torch.Tensor, threshold: float, class_balance: bool,
+def pseudo_labels(weak_logits: torch.Tensor, threshold: float | torch.Tensor, class_balance: bool,
                   dist: Collectives = LOCAL) -> PseudoLabels:
-    """A sample is confident when max softmax(weak) > threshold (strictly, as the original).
+    """A sample is confident when max softmax(weak) > threshold (strictly, as the original); a
+    threshold tensor of K gives each predicted class its own (safeguard.cluster_thresholds).
     With class_balance, each pseudo-class c present in the global batch gets weight n/n_c (n
     confident samples, n_c of them in c), so every present class contributes equally.
     weak_logits: b×K."""
     probs = weak_logits.detach().float().softmax(1)
     confidence, target = probs.max(1)
-    mask = confidence > threshold
+    mask = confidence > (threshold.to(probs.device)[target] if torch.is_tensor(threshold) else threshold)
     target = target[mask]
     counts = dist.sum_(torch.bincount(target, minlength=probs.shape[1]).float())
     n = counts.sum()

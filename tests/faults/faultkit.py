@@ -22,7 +22,7 @@ from scan.cli import main
 # threshold is low: after 3 SCAN epochs few images pass 0.99, and a stage whose steps are all
 # skipped ends within the kill delay of test_kill_resume, so no kill would land in it.
 TINY = ["pretext.epochs=3", "cluster.epochs=3", "selflabel.epochs=2", "cluster.num_heads=2", "device=cpu",
-        "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.threshold=0.5"]
+        "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.max_agreement_drop=1", "selflabel.threshold=0.5"]
 
 
 @dataclass

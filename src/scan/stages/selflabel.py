@@ -23,8 +23,9 @@ from scan.data.stream import image_batches, on_device
 from scan.data.views import make_view
 from scan.losses import pseudo_label_ce, pseudo_labels
 from scan.models.heads import ClusteringModel
-from scan.stages.artifacts import load_clustering_model, load_features, save_clustering_model
-from scan.stages.safeguard import assignment_balance, confident_set, compare_balance
+from scan.stages.artifacts import load_clustering_model, load_features, load_neighbors, save_clustering_model
+from scan.stages.safeguard import (assignment_balance, cluster_thresholds, compare_agreement, compare_balance, confident_set,
+                                   neighbor_agreement)
 from scan.training.batches import infer, local_batch_size, shuffled_batches, steps_per_epoch
 from scan.training.context import RunContext
 from scan.training.loop import StepResult, TrainState, fit
@@ -53,10 +54,11 @@ def train_probs(ctx: RunContext, cfg: RunConfig, model: ClusteringModel, data: I
                  cfg.mine.batch_size, ctx.device, workers=cfg.runtime.workers, ctx=ctx).softmax(-1)
 
 
-def selflabel_step(ctx: RunContext, net: Callable, weak: Callable, strong: Callable, threshold: float,
+def selflabel_step(ctx: RunContext, net: Callable, weak: Callable, strong: Callable, threshold: float | torch.Tensor,
                    class_balance: bool) -> Callable[[tuple], StepResult]:
     """The self-label step: pseudo-labels from the weak view (no gradient, train-mode BatchNorm as
-    in the original, so its statistics update too), cross-entropy on the strong view. Skipped on
+    in the original, so its statistics update too) above `threshold` (one, or one per cluster),
+    cross-entropy on the strong view. Skipped on
     every rank when no image of the global batch is confident (decided before the strong pass)."""
 
     def step(batch: tuple[torch.Tensor, torch.Tensor]) -> StepResult:
@@ -94,8 +96,10 @@ def train_selflabel(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSpl
     # them without augmentation (the same features give the target and the prediction).
     features = load_features(run).to(ctx.device) if sc.update_head_only else None
     scan_probs = train_probs(ctx, cfg, model, data, features)
-    start = confident_set(scan_probs, sc.threshold, sc.min_confident)
-    echo(f"selflabel: {start.share:.1%} of the train images are confident (> {sc.threshold}), in "
+    thresholds = cluster_thresholds(scan_probs, sc.threshold, sc.cluster_quota)
+    start = confident_set(scan_probs, thresholds, sc.min_confident)
+    lowest = "" if sc.cluster_quota == 0 else f", at least {sc.cluster_quota:.0%} of each cluster: from {thresholds.min():.3f}"
+    echo(f"selflabel: {start.share:.1%} of the train images are confident (> {sc.threshold}{lowest}), in "
          f"{start.clusters}/{cfg.clusters} clusters")
     if not start.enough:
         echo(f"selflabel: skipped, the SCAN model stays final: {start.reason}")
@@ -125,14 +129,18 @@ def train_selflabel(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSpl
 
     fit(ctx, state, epochs=sc.epochs, steps=steps_per_epoch(len(images), sc.batch_size), batches=batches,
         on_epoch_start=(lambda _: model.cluster_heads.train()) if features is not None else None,
-        step=selflabel_step(ctx, net, weak, strong, sc.threshold, sc.class_balance), after_step=(lambda: ema_update(ema, model, sc.ema)) if ema is not None else None,
+        step=selflabel_step(ctx, net, weak, strong, thresholds.to(ctx.device), sc.class_balance), after_step=(lambda: ema_update(ema, model, sc.ema)) if ema is not None else None,
         describe=lambda r: f"confident {r['confident']:.3f}" if "confident" in r else "")
     final = ema if ema is not None else model
     if ctx.is_main:
         save_clustering_model(run, "selflabel", final, cfg, head=0)
-    end = compare_balance(assignment_balance(scan_probs), assignment_balance(train_probs(ctx, cfg, final, data, features)),
-                          sc.max_balance_drop)
+    final_probs = train_probs(ctx, cfg, final, data, features)
+    neighbors, _ = load_neighbors(run)
+    balance = [assignment_balance(scan_probs), assignment_balance(final_probs)]
+    agreement = [neighbor_agreement(scan_probs, neighbors), neighbor_agreement(final_probs, neighbors)]
+    end = compare_balance(*balance, sc.max_balance_drop) or compare_agreement(*agreement, sc.max_agreement_drop)
     summary = {"final": "selflabel" if end is None else "cluster", "confident": start.share,
+               "balance": balance, "neighbor_agreement": agreement,
                "skipped_steps": sum(r["skipped_steps"] for r in state.history)}
     if end is not None:
         summary["reason"] = end
