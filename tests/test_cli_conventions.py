@@ -70,10 +70,10 @@ def test_every_config_key_has_a_description():
 
 
 def test_scan_config_prints_the_resolved_config_with_a_comment_per_key(capsys, tmp_path):
-    assert main(["config", "mnist", "cluster.restarts=3", "--seed", "4"]) == 0
+    assert main(["config", "mnist", "cluster.restarts=4", "--seed", "4"]) == 0
     out = capsys.readouterr().out
     printed = yaml.safe_load(out)
-    assert printed == build_config("mnist", overrides=["cluster.restarts=3"], seed=4).to_dict()
+    assert printed == build_config("mnist", overrides=["cluster.restarts=4"], seed=4).to_dict()
     leaves = [line for line in out.splitlines() if not line.startswith("#") and not line.rstrip().endswith(":")]
     assert len(leaves) == len(KEY_HELP) and all(" # " in line for line in leaves)
     assert "# train the SCAN step this many times" in out
