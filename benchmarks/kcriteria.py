@@ -12,6 +12,10 @@ only the first, `scan.kestimate`'s stability.
   at most 10,000 images; the K of the highest (Rousseeuw 1987).
 - eigengap: the symmetrised neighbour graph's normalised Laplacian; K eigenvalues before the
   widest gap between consecutive ones (von Luxburg 2007, section 8.3).
+- merge: over-cluster, then merge: k-means with OVER_K clusters on the L2-normalised features,
+  a graph of those clusters weighted by the mined neighbour links between them, and its Louvain
+  communities (networkx, a dependency of torch; resolution 1; Blondel et al. 2008); K is their
+  number, not bounded by the K range.
 
 One JSON line per run: the K of each criterion, its curve, and neighbour accuracy when the run has
 labels. Usage:
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import time
 
+import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -37,6 +42,8 @@ from scan.rundir import read_config
 from scan.stages.artifacts import load_features, load_neighbors
 
 from kestimate import mined_runs  # benchmarks/kestimate.py, beside this script
+
+OVER_K = 30  # over-clustering for "merge": 1.5x the top of the K range (2-20) tried by the others
 
 
 def modularity(assignment: np.ndarray, neighbors: np.ndarray, k: int) -> float:
@@ -65,6 +72,16 @@ def laplacian_eigenvalues(neighbors: np.ndarray, count: int) -> np.ndarray:
     return np.sort(1 - eigsh(scale @ graph @ scale, k=count, which="LA", return_eigenvectors=False))
 
 
+def merged_count(features: np.ndarray, neighbors: np.ndarray, seed: int) -> int:
+    """Communities among OVER_K k-means clusters of features N×D (L2-normalised), linked by the
+    mined neighbours N×k: the weight of clusters a-b is the number of neighbour links between them."""
+    clusters = KMeans(OVER_K, n_init=3, random_state=seed).fit_predict(features)
+    links = np.zeros((OVER_K, OVER_K))
+    np.add.at(links, (np.repeat(clusters, neighbors.shape[1]), clusters[neighbors].ravel()), 1)
+    graph = nx.from_numpy_array(links + links.T)
+    return len(nx.community.louvain_communities(graph, weight="weight", resolution=1.0, seed=seed))
+
+
 def main() -> None:
     for root, run in mined_runs(__doc__.splitlines()[0]):
         cfg = read_config(run)
@@ -72,17 +89,19 @@ def main() -> None:
         features, (neighbors, _) = load_features(run), load_neighbors(run)
         torch.manual_seed(cfg.seed)
         ks, per_k = head_assignments(features, neighbors)
+        unit_features = F.normalize(features.float(), dim=1).numpy()
         curves = {
             "stability": [stability(a) for a in per_k],
             "modularity": [float(np.mean([modularity(h, neighbors.numpy(), k) for h in a.numpy()]))
                            for k, a in zip(ks, per_k)],
-            "silhouette": silhouette_curve(F.normalize(features.float(), dim=1).numpy(), ks, cfg.seed),
+            "silhouette": silhouette_curve(unit_features, ks, cfg.seed),
         }
         chosen = {"stability": choose_k(ks, curves["stability"])}
         chosen |= {name: ks[int(np.argmax(curves[name]))] for name in ("modularity", "silhouette")}
         eigenvalues = laplacian_eigenvalues(neighbors.numpy(), ks[-1] + 1)
         gaps = np.diff(eigenvalues)  # gaps[i]: between the (i+1)-th and (i+2)-th smallest
         chosen["eigengap"] = ks[int(np.argmax(gaps[ks[0] - 1:ks[-1]]))]
+        chosen["merge"] = merged_count(unit_features, neighbors.numpy(), cfg.seed)
         mined = json.loads(run.done("mine").read_text())["summary"]
         print(json.dumps({"benchmark": "kcriteria", "run": str(root), "preset": cfg.preset, "seed": cfg.seed,
                           "neighbor_accuracy": mined.get("neighbor_accuracy"), "k": chosen, "ks": ks,
