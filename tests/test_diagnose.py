@@ -48,14 +48,19 @@ def test_cluster_doubts_name_the_reasons():
     assert cluster_doubts(clusters, confidence, 4, None).pairs == []
 
 
-def test_poor_solution_warning_uses_the_digits_threshold_on_digits_only():
+def test_poor_solution_warning_uses_each_presets_threshold_on_its_own_data_only():
     digits = build_config("digits")
     assert poor_solution_warning(digits, -2.234) is None  # the closest good run (seed 3, one thread)
     line = poor_solution_warning(digits, -2.209)  # the 1s-and-8s outcome
     assert "-2.209 is above -2.227" in line and "cluster.restarts=3" in line
     assert "more cluster.restarts" in poor_solution_warning(build_config("digits", overrides=["cluster.restarts=3"]), -2.22)
     assert poor_solution_warning(build_config("digits", clusters=20), -2.0) is None  # another K
-    assert poor_solution_warning(build_config("mnist"), -2.0) is None  # no threshold known
+    mnist = build_config("mnist")
+    assert poor_solution_warning(mnist, -2.233) is None  # the closest good MNIST step seen
+    line = poor_solution_warning(mnist, -2.209)  # two digits mixed across two clusters
+    assert "-2.209 is above -2.222" in line and "more cluster.restarts" in line  # the preset has 3
+    assert poor_solution_warning(build_config("mnist", overrides=["data.source=npz", "data.path=x.npz"]), -2.209) is None
+    assert poor_solution_warning(build_config("cifar10_cpu"), -1.0) is None  # no threshold known
     assert poor_solution_warning(digits, None) is None
 
 
