@@ -3,7 +3,7 @@ CPU: where its training step spends its time, for each precision and memory form
 
 Each Conv2d of `small_cnn` (1 grey channel, 8×8 input) is timed on its own input shape (found by
 one forward pass with hooks) at the pretext step's batch (2 views × 256 images = 512): the median
-of several windows of a forward pass, and of a forward plus backward pass (gradients of weights
+over windows (`stages.timed`) of a forward pass, and of a forward plus backward pass (gradients of weights
 and inputs, except for the first layer, whose input needs none). backward_ms is their difference.
 bf16 runs the layer in bfloat16 (as autocast does); channels-last converts layer and input.
 
@@ -15,9 +15,9 @@ Prints one JSON line for the machine, then one per (layer, precision, memory for
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import statistics
-import time
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,9 @@ from scan.models.backbones import build_backbone
 from scan.training.context import native_bf16_cpu_feature
 
 from quality import cpu_name  # benchmarks/quality.py, beside this script
+from stages import timed  # benchmarks/stages.py, beside this script
+
+STEPS, WINDOW_S = 1000, 0.5  # a timing window: about half a second, at most 1,000 calls
 
 
 def conv_inputs(batch: int) -> list[tuple[nn.Conv2d, torch.Size]]:
@@ -41,35 +44,29 @@ def conv_inputs(batch: int) -> list[tuple[nn.Conv2d, torch.Size]]:
     return found
 
 
-def median_ms(fn, windows: int, steps: int = 10) -> float:
-    """Median over `windows` of the mean time of `steps` calls, after 3 warm-up calls, in ms."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        times.append((time.perf_counter() - start) / steps * 1000)
-    return statistics.median(times)
+def median_ms(step: Callable[[], float], windows: int) -> float:
+    """Median milliseconds per call of `step` (stages.py's timing harness on the CPU: 3 warm-up
+    calls, then `windows` windows of up to STEPS calls, about WINDOW_S seconds each)."""
+    return timed(step, torch.device("cpu"), warmup=3, windows=windows, window_s=WINDOW_S, max_steps=STEPS)["step_s"] * 1000
 
 
 def time_layer(conv: nn.Conv2d, shape: torch.Size, dtype: torch.dtype, channels_last: bool,
                windows: int) -> dict[str, float]:
-    """forward_ms and backward_ms of one copy of `conv` on a random input of `shape`."""
-    layer = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding,
-                      bias=conv.bias is not None).to(dtype)
+    """forward_ms and backward_ms of a copy of `conv` on a random input of `shape`."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    layer = layer.to(memory_format=fmt)
+    layer = copy.deepcopy(conv).to(dtype=dtype, memory_format=fmt)
     x = torch.randn(shape, dtype=dtype).contiguous(memory_format=fmt).requires_grad_(conv.in_channels > 1)
     grad = torch.randn_like(layer(x))
 
-    def forward() -> None:
+    # Each returns the seconds it spent augmenting, as stages.timed's steps do: none.
+    def forward() -> float:
         with torch.no_grad():
             layer(x)
+        return 0.0
 
-    def forward_backward() -> None:
+    def forward_backward() -> float:
         layer(x).backward(grad)
+        return 0.0
 
     fwd = median_ms(forward, windows)
     return {"forward_ms": round(fwd, 3), "backward_ms": round(median_ms(forward_backward, windows) - fwd, 3)}

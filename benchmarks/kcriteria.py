@@ -37,6 +37,7 @@ from scipy.sparse.linalg import eigsh
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
+from scan.diagnose import neighbor_links
 from scan.kestimate import choose_k, head_assignments, stability
 from scan.rundir import read_config
 from scan.stages.artifacts import load_features, load_neighbors
@@ -75,9 +76,7 @@ def laplacian_eigenvalues(neighbors: np.ndarray, count: int) -> np.ndarray:
 def merged_count(features: np.ndarray, neighbors: np.ndarray, seed: int) -> int:
     """Communities among OVER_K k-means clusters of features N×D (L2-normalised), linked by the
     mined neighbours N×k: the weight of clusters a-b is the number of neighbour links between them."""
-    clusters = KMeans(OVER_K, n_init=3, random_state=seed).fit_predict(features)
-    links = np.zeros((OVER_K, OVER_K))
-    np.add.at(links, (np.repeat(clusters, neighbors.shape[1]), clusters[neighbors].ravel()), 1)
+    links = neighbor_links(KMeans(OVER_K, n_init=3, random_state=seed).fit_predict(features), neighbors, OVER_K)
     graph = nx.from_numpy_array(links + links.T)
     return len(nx.community.louvain_communities(graph, weight="weight", resolution=1.0, seed=seed))
 

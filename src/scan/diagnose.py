@@ -44,9 +44,9 @@ REMEDY = "cluster.restarts=3"
 POOR_VAL_LOSS = {"digits": -2.227, "mnist": -2.222}
 
 
-def neighbor_exchange(clusters: np.ndarray, neighbors: np.ndarray, num_clusters: int) -> np.ndarray:
-    """K×K matrix: row a is how the mined neighbours of cluster a's images are spread over the
-    clusters (each row of a non-empty cluster sums to 1).
+def neighbor_links(clusters: np.ndarray, neighbors: np.ndarray, num_clusters: int) -> np.ndarray:
+    """K×K float matrix: [a, b] is the number of mined neighbour links from an image of cluster a
+    to an image of cluster b.
 
     clusters: int N, the cluster of each train image. neighbors: int N×k, mined neighbour indices.
     """
@@ -54,6 +54,13 @@ def neighbor_exchange(clusters: np.ndarray, neighbors: np.ndarray, num_clusters:
     dst = clusters[neighbors.reshape(-1)]
     counts = np.zeros((num_clusters, num_clusters), dtype=np.float64)
     np.add.at(counts, (src, dst), 1.0)
+    return counts
+
+
+def neighbor_exchange(clusters: np.ndarray, neighbors: np.ndarray, num_clusters: int) -> np.ndarray:
+    """K×K matrix: row a is how the mined neighbours of cluster a's images are spread over the
+    clusters (each row of a non-empty cluster sums to 1). Arguments as for neighbor_links."""
+    counts = neighbor_links(clusters, neighbors, num_clusters)
     totals = counts.sum(1, keepdims=True)
     return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
