@@ -3,14 +3,19 @@ low confidence and the spread of neighbour agreement, on hand-made assignments."
 
 from __future__ import annotations
 
-import numpy as np
-
 import json
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from scan.checkpoint import RunDir
 from scan.config import build_config
-from scan.diagnose import (best_validation_loss, cluster_doubts, neighbor_agreement, neighbor_exchange,
-                           poor_solution_warning, split_pairs, split_warning)
+from scan.data.sources import load_source
+from scan.diagnose import (CALIBRATION_DIGESTS, best_validation_loss, cluster_doubts, data_digest, neighbor_agreement,
+                           neighbor_exchange, poor_solution_warning, split_pairs, split_warning)
+
+MNIST_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
 
 
 def test_neighbour_exchange_counts_where_each_clusters_neighbours_land():
@@ -59,7 +64,13 @@ def test_poor_solution_warning_uses_each_presets_threshold_on_its_own_data_only(
     assert poor_solution_warning(mnist, -2.233) is None  # the closest good MNIST step seen
     line = poor_solution_warning(mnist, -2.209)  # two digits mixed across two clusters
     assert "-2.209 is above -2.222" in line and "more cluster.restarts" in line  # the preset has 3
-    assert poor_solution_warning(build_config("mnist", overrides=["data.source=npz", "data.path=x.npz"]), -2.209) is None
+    mnist_file = build_config("mnist", overrides=["data.source=npz", "data.path=x.npz"])
+    assert poor_solution_warning(mnist_file, -2.209) is None  # a file of unknown images
+    assert poor_solution_warning(mnist_file, -2.209, "0" * 32) is None
+    calibrated = next(iter(CALIBRATION_DIGESTS["mnist"]))
+    assert "-2.209 is above -2.222" in poor_solution_warning(mnist_file, -2.209, calibrated)
+    assert poor_solution_warning(build_config("digits", overrides=["data.source=npz", "data.path=x.npz"]), -2.209,
+                                 calibrated) is None  # MNIST's images calibrate only mnist's threshold
     assert poor_solution_warning(build_config("cifar10_cpu"), -1.0) is None  # no threshold known
     assert poor_solution_warning(digits, None) is None
 
@@ -72,3 +83,18 @@ def test_best_validation_loss_from_done_json_else_history(tmp_path):
     assert best_validation_loss(run) == -2.1
     run.done("cluster").write_text(json.dumps({"summary": {"best_loss": -2.2}}))
     assert best_validation_loss(run) == -2.2
+
+
+def test_data_digest_reads_the_runs_data_record(tmp_path):
+    run = RunDir(tmp_path)
+    assert data_digest(run) is None
+    run.data.write_text("{broken")
+    assert data_digest(run) is None
+    run.data.write_text(json.dumps({"train": 2, "test": 2, "digest": "ab"}))
+    assert data_digest(run) == "ab"
+
+
+@pytest.mark.skipif(not MNIST_NPZ.is_file(), reason="../shared/data/mnist.npz is not present")
+def test_the_shared_mnist_file_is_the_data_mnists_threshold_was_calibrated_on():
+    cfg = build_config("mnist", overrides=["data.source=npz", f"data.path={MNIST_NPZ}"])
+    assert load_source(cfg.data).identity()["digest"] in CALIBRATION_DIGESTS["mnist"]

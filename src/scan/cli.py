@@ -176,10 +176,10 @@ def run_warnings(out: Path, cfg: RunConfig) -> list[str | None]:
     """The label-free warnings of a finished run (scan.diagnose): a validation loss that shows a
     poor solution, and the split/merge hint of the final model on the train split."""
     from scan.checkpoint import RunDir
-    from scan.diagnose import best_validation_loss, poor_solution_warning
+    from scan.diagnose import best_validation_loss, data_digest, poor_solution_warning
 
     run = RunDir(Path(out))
-    return [poor_solution_warning(cfg, best_validation_loss(run)), _split_warning(run, cfg)]
+    return [poor_solution_warning(cfg, best_validation_loss(run), data_digest(run)), _split_warning(run, cfg)]
 
 
 def _split_warning(run: RunDir, cfg: RunConfig) -> str | None:

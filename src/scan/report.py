@@ -31,7 +31,7 @@ from scan.config import RunConfig
 from scan.console import echo
 from scan.data.sources import ImageSplits, load_source
 from scan.diagnose import (AGREEMENT_SPREAD, LOW_CONFIDENCE, SPLIT_SHARE, ClusterDoubts, best_validation_loss,
-                           cluster_doubts, load_train_neighbors, poor_solution_warning, split_warning)
+                           cluster_doubts, data_digest, load_train_neighbors, poor_solution_warning, split_warning)
 from scan.errors import ScanError
 from scan.featuremap import MAX_THUMBS, feature_map_html, pick_points
 from scan.evaluate import TABLE_KEYS, matched_names, num_classes
@@ -415,7 +415,7 @@ def write_report(run_dir: str | Path, per_cluster: int = 16, device: str = "auto
     doubts = cluster_doubts(train.clusters, train.confidence, k, load_train_neighbors(run, len(data.train)))
     for v in views:
         v.flags = doubts.reasons[v.index] + v.flags
-    poor = poor_solution_warning(cfg, best_validation_loss(run))
+    poor = poor_solution_warning(cfg, best_validation_loss(run), data_digest(run))
     sections = [_header(run, cfg, data, step, model), _metrics_section(run, data), _choices_section(run), _look_section(views, doubts, poor),
                 _sizes_section(sizes), _curves_section(run, folder), _map_section(folder, model, data, train, views),
                 confusion, _neighbor_section(run, folder, data), _summary_section(views)]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from scan import diagnose
+
 
 @dataclass(frozen=True)
 class ConfidentSet:
@@ -83,9 +85,9 @@ def assignment_balance(probs: torch.Tensor) -> float:
 
 def neighbor_agreement(probs: torch.Tensor, neighbors: torch.Tensor) -> float:
     """Share of (image, mined neighbour) pairs whose top clusters agree, for probs N×K and
-    neighbors N×k (int64 indices into the same N images)."""
-    cluster = probs.argmax(1)
-    return float((cluster[:, None] == cluster[neighbors.to(cluster.device)]).float().mean())
+    neighbors N×k (int64 indices into the same N images): diagnose.neighbor_agreement's per-image
+    shares, averaged (every image has k neighbours, so this is the share over all pairs)."""
+    return float(diagnose.neighbor_agreement(probs.argmax(1).cpu().numpy(), neighbors.cpu().numpy()).mean())
 
 
 def compare_agreement(before: float, after: float, max_drop: float) -> str | None:
