@@ -21,6 +21,7 @@ One JSON line per run: the K of each criterion, its curve, and neighbour accurac
 labels. Usage:
 
     python benchmarks/kcriteria.py RUN [RUN ...]
+    python benchmarks/kcriteria.py --heads 20 --seed 0 RUN     # the heads' settings, another seed
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from scan.diagnose import neighbor_links
-from scan.kestimate import choose_k, head_assignments, stability
+from scan.kestimate import HEADS, STEPS, choose_k, head_assignments, stability
 from scan.rundir import read_config
 from scan.stages.artifacts import load_features, load_neighbors
 
-from kestimate import mined_runs  # benchmarks/kestimate.py, beside this script
+from kestimate import mined_runs, runs_parser  # benchmarks/kestimate.py, beside this script
 
 OVER_K = 30  # over-clustering for "merge": 1.5x the top of the K range (2-20) tried by the others
 
@@ -82,12 +83,17 @@ def merged_count(features: np.ndarray, neighbors: np.ndarray, seed: int) -> int:
 
 
 def main() -> None:
-    for root, run in mined_runs(__doc__.splitlines()[0]):
+    parser = runs_parser(__doc__.splitlines()[0])
+    parser.add_argument("--heads", type=int, default=HEADS, help=f"SCAN heads per K (default: {HEADS}, scan's)")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"training steps of the heads (default: {STEPS})")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the heads (default: the run's seed)")
+    args = parser.parse_args()
+    for root, run in mined_runs(args.runs):
         cfg = read_config(run)
         start = time.perf_counter()
         features, (neighbors, _) = load_features(run), load_neighbors(run)
-        torch.manual_seed(cfg.seed)
-        ks, per_k = head_assignments(features, neighbors)
+        torch.manual_seed(cfg.seed if args.seed is None else args.seed)
+        ks, per_k = head_assignments(features, neighbors, heads=args.heads, steps=args.steps)
         unit_features = F.normalize(features.float(), dim=1).numpy()
         curves = {
             "stability": [stability(a) for a in per_k],
@@ -103,6 +109,7 @@ def main() -> None:
         chosen["merge"] = merged_count(unit_features, neighbors.numpy(), cfg.seed)
         mined = json.loads(run.done("mine").read_text())["summary"]
         print(json.dumps({"benchmark": "kcriteria", "run": str(root), "preset": cfg.preset, "seed": cfg.seed,
+                          "heads": args.heads, "steps": args.steps, "heads_seed": cfg.seed if args.seed is None else args.seed,
                           "neighbor_accuracy": mined.get("neighbor_accuracy"), "k": chosen, "ks": ks,
                           **{name: [round(v, 4) for v in curve] for name, curve in curves.items()},
                           "laplacian_eigenvalues": [round(float(v), 4) for v in eigenvalues],

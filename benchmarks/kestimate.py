@@ -28,11 +28,16 @@ from scan.kestimate import read_estimate, resolve_clusters
 from scan.rundir import read_config
 
 
-def mined_runs(description: str) -> Iterator[tuple[Path, RunDir]]:
-    """The run directories named on the command line, each checked to have finished mining."""
+def runs_parser(description: str) -> argparse.ArgumentParser:
+    """A command line that names run directories (`runs`); scripts add their own options."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories whose mine stage has finished")
-    for root in parser.parse_args().runs:
+    return parser
+
+
+def mined_runs(roots: list[Path]) -> Iterator[tuple[Path, RunDir]]:
+    """The run directories `roots`, each checked to have finished mining."""
+    for root in roots:
         run = RunDir(root)
         if not run.done("mine").is_file():
             raise SystemExit(f"{root}: the mine stage has not finished; run `scan mine` on it first")
@@ -40,7 +45,7 @@ def mined_runs(description: str) -> Iterator[tuple[Path, RunDir]]:
 
 
 def main() -> None:
-    for root, run in mined_runs(__doc__.splitlines()[0]):
+    for root, run in mined_runs(runs_parser(__doc__.splitlines()[0]).parse_args().runs):
         cfg = dataclasses.replace(read_config(run), clusters="auto")
         start = time.perf_counter()
         k = resolve_clusters(cfg, run).clusters
