@@ -92,7 +92,8 @@ def main() -> None:
         cfg = read_config(run)
         start = time.perf_counter()
         features, (neighbors, _) = load_features(run), load_neighbors(run)
-        torch.manual_seed(cfg.seed if args.seed is None else args.seed)
+        heads_seed = cfg.seed if args.seed is None else args.seed
+        torch.manual_seed(heads_seed)
         ks, per_k = head_assignments(features, neighbors, heads=args.heads, steps=args.steps)
         unit_features = F.normalize(features.float(), dim=1).numpy()
         curves = {
@@ -109,7 +110,7 @@ def main() -> None:
         chosen["merge"] = merged_count(unit_features, neighbors.numpy(), cfg.seed)
         mined = json.loads(run.done("mine").read_text())["summary"]
         print(json.dumps({"benchmark": "kcriteria", "run": str(root), "preset": cfg.preset, "seed": cfg.seed,
-                          "heads": args.heads, "steps": args.steps, "heads_seed": cfg.seed if args.seed is None else args.seed,
+                          "heads": args.heads, "steps": args.steps, "heads_seed": heads_seed,
                           "neighbor_accuracy": mined.get("neighbor_accuracy"), "k": chosen, "ks": ks,
                           **{name: [round(v, 4) for v in curve] for name, curve in curves.items()},
                           "laplacian_eigenvalues": [round(float(v), 4) for v in eigenvalues],

@@ -38,7 +38,7 @@ from scan.stages.artifacts import load_features, load_neighbors
 
 DEFAULT_RANGE = (2, 20)
 # Heads per K and their training steps. 20 heads steadied the digits curves but not MNIST's
-# (README, "Your own photos"), at twice the time, so the estimate keeps 10.
+# (README, "Your own photos"), at about twice the time on digits, so the estimate keeps 10.
 HEADS, STEPS = 10, 600
 # Relative distance from the best stability that still counts as the plateau (see the docstring).
 STABILITY_TOLERANCE = 0.05
