@@ -22,7 +22,8 @@ import argparse
 import json
 from pathlib import Path
 
-from scan.checkpoint import RunDir
+from scan.checkpoint import RunDir, read_json
+from scan.report import read_history
 
 
 def restart_losses(history: list[dict], trial_epochs: int) -> dict[int, dict[str, float]]:
@@ -42,9 +43,8 @@ def main() -> None:
     args = parser.parse_args()
     for root in args.runs:
         run = RunDir(root)
-        history = [json.loads(line) for line in run.history("cluster").read_text().splitlines()]
-        losses = restart_losses(history, args.trial_epochs)
-        metrics = json.loads(run.metrics.read_text()) if run.metrics.is_file() else {"final": {}}
+        losses = restart_losses(read_history(run.history("cluster")), args.trial_epochs)
+        metrics = read_json(run.metrics) if run.metrics.is_file() else {"final": {}}
         print(json.dumps({
             "run": str(root), "trial_epochs": args.trial_epochs, "restarts": losses,
             "trial_pick": min(losses, key=lambda r: losses[r]["after_trial"]),
