@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 def tiny_arrays(n_train: int = 30, n_test: int = 10, size: int = 8, classes: int = 3, seed: int = 0) -> dict:
@@ -17,6 +18,14 @@ def tiny_arrays(n_train: int = 30, n_test: int = 10, size: int = 8, classes: int
         "x_test": rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
         "y_test": np.arange(n_test, dtype=np.int64) % classes,
     }
+
+
+def feature_blobs(groups: int = 4, per_group: int = 60, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Well-separated Gaussian groups of feature vectors (groups·per_group)×dim, and their group
+    labels; drawn from torch's global random stream."""
+    centres = torch.nn.functional.normalize(torch.randn(groups, dim), dim=1) * 4
+    features = (centres[:, None, :] + 0.3 * torch.randn(groups, per_group, dim)).reshape(-1, dim)
+    return features, torch.arange(groups).repeat_interleave(per_group)
 
 
 @pytest.fixture

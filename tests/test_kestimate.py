@@ -4,6 +4,7 @@ with a known number of groups."""
 from __future__ import annotations
 
 import torch
+from conftest import feature_blobs
 
 from scan.kestimate import choose_k, estimate_clusters, stability
 from scan.knn import knn
@@ -25,8 +26,7 @@ def test_stability_is_one_for_identical_partitions_up_to_renaming():
 
 def test_the_estimate_finds_four_well_separated_groups():
     torch.manual_seed(0)
-    centres = torch.nn.functional.normalize(torch.randn(4, 16), dim=1) * 4
-    features = (centres[:, None, :] + 0.3 * torch.randn(4, 60, 16)).reshape(240, 16)
+    features, _ = feature_blobs()
     neighbors, _ = knn(features, 10)
     estimate = estimate_clusters(features, neighbors, (2, 7), heads=6, steps=300)
     assert estimate.k == 4

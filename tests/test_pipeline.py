@@ -137,9 +137,12 @@ def test_head_only_clustering_keeps_the_backbone_frozen(tmp_path, features):
     assert metrics["cluster"]["acc"] > 0.3
 
 
-def test_cluster_restarts_keep_the_lowest_validation_loss_and_resume_across_a_restart(tmp_path, monkeypatch):
-    restarts = [*SHORT, "cluster.restarts=2"]
+@pytest.mark.parametrize("warm_start", [0, 4])
+def test_cluster_restarts_keep_the_lowest_validation_loss_and_resume_across_a_restart(tmp_path, monkeypatch, warm_start):
+    restarts = [*SHORT, "cluster.restarts=2", f"cluster.warm_start_heads={warm_start}"]
     reference = run_pipeline(build_config("digits", overrides=restarts), out=tmp_path / "a")
+    warm_lines = (tmp_path / "a" / "log.txt").read_text().count("cluster: 2 of 4 heads trained on cached features start the step")
+    assert warm_lines == (2 if warm_start else 0)  # one warm start per restart
     history = [json.loads(line) for line in (tmp_path / "a" / "cluster" / "history.jsonl").read_text().splitlines()]
     assert [r["restart"] for r in history] == [1, 1, 1, 2, 2, 2]
     best = min(history, key=lambda r: min(r["val_loss"]))
@@ -156,6 +159,26 @@ def test_cluster_restarts_keep_the_lowest_validation_loss_and_resume_across_a_re
             run_pipeline(build_config("digits", overrides=restarts), out=tmp_path / "b")
     resumed = run_pipeline(build_config("digits", overrides=restarts), out=tmp_path / "b")
     assert without_timings(resumed) == without_timings(reference)
+
+
+def test_the_scan_step_starts_from_the_warm_heads(tmp_path, monkeypatch):
+    """With a learning rate too small to move them, the exported head is the warm head given."""
+    import torch
+
+    import scan.stages.cluster
+    from scan.checkpoint import load_weights
+    from scan.stages.warm_start import WarmHead
+
+    def planted(features, neighbors, num_clusters, candidates, keep, *losses):
+        return [WarmHead(torch.full((num_clusters, features.shape[1]), 0.01 * (h + 1)), torch.arange(num_clusters) * (h + 1.0), 0.0)
+                for h in range(keep)]
+
+    monkeypatch.setattr(scan.stages.cluster, "warm_heads", planted)
+    metrics = run_pipeline(build_config("digits", overrides=[*SHORT, "cluster.lr=1e-12", "selflabel.epochs=0"]), out=tmp_path)
+    head = metrics["cluster"]["head"]
+    exported = load_weights(tmp_path / "cluster" / "model.safetensors")
+    assert torch.allclose(exported["cluster_heads.heads.0.weight"], torch.full((10, 128), 0.01 * (head + 1)), atol=1e-6)
+    assert torch.allclose(exported["cluster_heads.heads.0.bias"], torch.arange(10) * (head + 1.0), atol=1e-6)
 
 
 def test_a_checkpoint_with_the_wrong_contents_is_a_one_line_error(tmp_path):

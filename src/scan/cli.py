@@ -325,7 +325,8 @@ def _presets(ns: argparse.Namespace) -> None:
         print(f"{name}: source {c.data.source}, {c.data.channels}×{c.data.size}×{c.data.size}, K={c.clusters}, "
               f"backbone {c.pretext.backbone}; {pretext_text(c)}; k={c.mine.k}; cluster {c.cluster.epochs} ep, {c.cluster.num_heads} head(s), "
               f"λ={c.cluster.entropy_weight}{', head only' if c.cluster.update_head_only else ''}"
-              f"{f', {c.cluster.restarts} restarts' if c.cluster.restarts > 1 else ''}; "
+              f"{f', {c.cluster.restarts} restarts' if c.cluster.restarts > 1 else ''}"
+              f"{f', heads warm-started from {c.cluster.warm_start_heads}' if c.cluster.warm_start_heads else ''}; "
               f"selflabel {c.selflabel.epochs} ep, threshold {c.selflabel.threshold}")
 
 

@@ -97,6 +97,10 @@ class ClusterConfig:
     # trained, heads share one backbone and end in the same solution, so heads alone cannot escape
     # a poor one; restarts can, and the label-free loss tells them apart (digits: benchmarks/README.md).
     restarts: int = 1
+    # Full network only: before each restart, train this many heads on the cached backbone features
+    # and start the step from the num_heads of them with the lowest validation loss (0: random
+    # heads, as the original). See scan.stages.warm_start.
+    warm_start_heads: int = 0
     update_head_only: bool = False
     # The original draws each anchor's "neighbour" from its k neighbours and itself (1 time in k+1
     # the anchor is paired with another view of itself); by default scan draws from the k alone.
@@ -359,6 +363,9 @@ def validate(cfg: RunConfig) -> None:
         raise ScanError(f"--seed must be between 0 and {MAX_SEED}, got {cfg.seed}")
     if cfg.clusters != "auto" and (isinstance(cfg.clusters, str) or cfg.clusters < 2):
         raise ScanError(f"--clusters must be at least 2 (or auto), got {cfg.clusters!r}")
+    if cfg.cluster.warm_start_heads and cfg.cluster.warm_start_heads < cfg.cluster.num_heads:
+        raise ScanError(f"cluster.warm_start_heads must be 0 (off) or at least cluster.num_heads "
+                        f"({cfg.cluster.num_heads}), got {cfg.cluster.warm_start_heads}")
     auto_range = cfg.cluster.auto_range
     if len(auto_range) != 2 or not 2 <= auto_range[0] <= auto_range[1]:
         raise ScanError(f"cluster.auto_range must be [min, max] with 2 <= min <= max, got {cfg.cluster.auto_range}")
@@ -499,6 +506,7 @@ KEY_HELP: dict[str, str] = {
     "cluster.entropy_weight": "λ, the weight of the entropy term that keeps clusters balanced",
     "cluster.num_heads": "cluster heads trained together; the lowest validation loss picks one",
     "cluster.restarts": "train the SCAN step this many times and keep the lowest validation loss",
+    "cluster.warm_start_heads": "full network: train this many heads on cached features first and start from the best (0: off)",
     "cluster.update_head_only": "freeze the backbone and train the heads on cached features",
     "cluster.include_self": "draw each anchor's partner from its k neighbours and itself, as the original did",
     "cluster.augment": "view the SCAN step trains on: weak, simclr or strong",

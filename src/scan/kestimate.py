@@ -63,34 +63,35 @@ class KEstimate:
 
 
 def train_heads(features: torch.Tensor, neighbors: torch.Tensor, ks: list[int], heads: int, steps: int,
-                batch_size: int, lr: float, entropy_weight: float) -> list[torch.Tensor]:
-    """SCAN heads for every K in `ks`, trained together on fixed features.
+                batch_size: int, lr: float, entropy_weight: float) -> torch.nn.Linear:
+    """SCAN heads for every K in `ks`, trained together on fixed features, as one linear layer.
 
-    features: float N×D (L2-normalised here, so one learning rate suits any backbone);
-    neighbors: int64 N×k mined neighbours. Each step draws `batch_size` anchors and one neighbour
-    of each, as the cluster stage does. Returns, per K, the probabilities heads×N×K.
+    features: float N×D, used as given; neighbors: int64 N×k mined neighbours. Each step draws
+    `batch_size` anchors and one neighbour of each, as the cluster stage does. Returns the layer
+    D -> Σ_K heads·K: one block of outputs per K, in the order of `ks`, each heads×K (head-major).
     """
-    x = F.normalize(features.float(), dim=1)
+    x = features.float()
     n = len(x)
     sizes = [k * heads for k in ks]
-    layer = torch.nn.Linear(x.shape[1], sum(sizes))
+    layer = torch.nn.Linear(x.shape[1], sum(sizes), device=x.device)
     optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
     # The SCAN loss of each head, for all heads of one K at once: B×heads×K -> heads.
     per_head = torch.vmap(lambda a, b: scan_loss(a, b, entropy_weight).total, in_dims=1)
-
-    def logits(rows: torch.Tensor) -> list[torch.Tensor]:
-        """rows: N -> per K, logits B×heads×K."""
-        return [block.unflatten(1, (heads, k)) for block, k in zip(layer(x[rows]).split(sizes, dim=1), ks)]
-
     for _ in range(steps):
-        anchors = torch.randint(n, (min(batch_size, n),))
-        pairs = neighbors[anchors, torch.randint(neighbors.shape[1], (len(anchors),))]
-        loss = sum(per_head(a, b).sum() for a, b in zip(logits(anchors), logits(pairs)))
+        anchors = torch.randint(n, (min(batch_size, n),), device=x.device)
+        pairs = neighbors[anchors, torch.randint(neighbors.shape[1], (len(anchors),), device=x.device)]
+        loss = sum(per_head(a, b).sum() for a, b in zip(head_logits(layer, x[anchors], ks, heads),
+                                                        head_logits(layer, x[pairs], ks, heads)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    with torch.no_grad():
-        return [block.softmax(2).transpose(0, 1) for block in logits(torch.arange(n))]
+    return layer
+
+
+def head_logits(layer: torch.nn.Linear, features: torch.Tensor, ks: list[int], heads: int) -> list[torch.Tensor]:
+    """The logits of train_heads' layer on features B×D: per K, B×heads×K."""
+    blocks = layer(features.float()).split([k * heads for k in ks], dim=1)
+    return [block.unflatten(1, (heads, k)) for block, k in zip(blocks, ks)]
 
 
 def stability(assignments: torch.Tensor) -> float:
@@ -115,8 +116,11 @@ def head_assignments(features: torch.Tensor, neighbors: torch.Tensor, k_range: t
     if not 2 <= low <= high:
         raise ValueError(f"the K range must satisfy 2 <= low <= high, got {k_range}")
     ks = list(range(low, min(high, len(features) - 1) + 1))
-    per_k = train_heads(features, neighbors, ks, heads, steps, batch_size, lr, entropy_weight)
-    return ks, [p.argmax(2) for p in per_k]
+    # L2-normalised, so one learning rate suits any backbone.
+    x = F.normalize(features.float(), dim=1)
+    layer = train_heads(x, neighbors, ks, heads, steps, batch_size, lr, entropy_weight)
+    with torch.no_grad():
+        return ks, [logits.argmax(2).T for logits in head_logits(layer, x, ks, heads)]
 
 
 def estimate_clusters(features: torch.Tensor, neighbors: torch.Tensor, k_range: tuple[int, int] = DEFAULT_RANGE,

@@ -8,6 +8,7 @@ ImageNet setting: a frozen backbone gives every image one feature vector, so it 
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import torch
@@ -22,6 +23,7 @@ from scan.data.views import make_view
 from scan.losses import scan_loss, validation_scan_loss
 from scan.models.heads import ClusteringModel
 from scan.stages.artifacts import load_features, load_neighbors, load_pretext_backbone, save_clustering_model
+from scan.stages.warm_start import warm_heads
 from scan.training.batches import anchor_neighbor_batches, infer, local_batch_size, steps_per_epoch
 from scan.training.context import RunContext
 from scan.training.loop import StepResult, TrainState, fit
@@ -33,17 +35,35 @@ class FullNetwork:
     batch (BatchNorm sees both); selection probabilities from a weak-view pass over the split."""
 
     def __init__(self, ctx: RunContext, cfg: RunConfig, images: Images, select_images: Images,
-                 pretext_backbone: Callable[[], nn.Module]) -> None:
+                 pretext_backbone: Callable[[], nn.Module],
+                 warm_start: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """images, select_images: uint8 N×C×H×W train and selection images; pretext_backbone():
-        a fresh copy of the pretext backbone (each restart starts from it)."""
-        self.ctx, self.cfg, self.pretext_backbone = ctx, cfg, pretext_backbone
+        a fresh copy of the pretext backbone (each restart starts from it); warm_start: the train
+        images' backbone features N×D and neighbours N×k, to warm-start the heads from
+        (cluster.warm_start_heads), or None for random heads."""
+        self.ctx, self.cfg, self.pretext_backbone, self.warm_start = ctx, cfg, pretext_backbone, warm_start
         self.images, self.select_images = on_device(images, ctx.device), on_device(select_images, ctx.device)
         self.view, self.weak = make_view(cfg.cluster.augment, cfg.data), make_view("weak", cfg.data)
 
     def fresh(self) -> tuple[ClusteringModel, torch.optim.Optimizer]:
         """The pretext backbone with new heads, and its optimiser."""
         cc = self.cfg.cluster
-        self.model = ClusteringModel(self.pretext_backbone(), self.cfg.clusters, cc.num_heads).to(self.ctx.device)
+        model = ClusteringModel(self.pretext_backbone(), self.cfg.clusters, cc.num_heads)
+        if self.warm_start is not None:
+            # Each rank trains them from its own random stream; DistributedDataParallel's wrapping
+            # (ctx.prepare) then copies rank 0's to the others, so a launch equals one process.
+            start = time.perf_counter()
+            started = warm_heads(*self.warm_start, self.cfg.clusters, cc.warm_start_heads, cc.num_heads,
+                                 cc.entropy_weight, cc.select_entropy_weight)
+            with torch.no_grad():
+                for head, warm in zip(model.cluster_heads.heads, started):
+                    head.weight.copy_(warm.weight)
+                    head.bias.copy_(warm.bias)
+            if self.ctx.is_main:
+                losses = ", ".join(f"{w.val_loss:.4f}" for w in started)
+                echo(f"cluster: {cc.num_heads} of {cc.warm_start_heads} heads trained on cached features start the step "
+                     f"(validation loss {losses}; {time.perf_counter() - start:.1f}s)")
+        self.model = model.to(self.ctx.device)
         self.net = self.ctx.prepare(self.model)
         return self.model, build_optimizer(cc.optimizer, self.model.parameters(), cc.lr, cc.weight_decay, cc.momentum)
 
@@ -102,9 +122,10 @@ class HeadsOnFeatures:
 Mode = FullNetwork | HeadsOnFeatures
 
 
-def cached_features(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen-backbone features of the train and selection splits: the mined train features when
-    mining used backbone features, else one weak-view pass per split."""
+def cached_features(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits,
+                    splits: tuple[str, ...] = ("train", "select")) -> list[torch.Tensor]:
+    """Frozen-backbone features N×D of the asked splits ("train", "select"), in that order: the
+    mined train features when mining used backbone features, else one weak-view pass per split."""
     backbone = ctx.runtime.prepare(load_pretext_backbone(run, cfg).to(ctx.device).eval())
     weak = make_view("weak", cfg.data)
 
@@ -112,8 +133,10 @@ def cached_features(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSpl
         return infer(lambda x: ctx.forward(backbone, x), on_device(images, ctx.device), weak, cfg.mine.batch_size,
                      ctx.device, workers=cfg.runtime.workers)
 
-    features = load_features(run) if cfg.mine.features == "backbone" else embed(data.train)
-    return features, features if cfg.cluster.select_on == "train" else embed(data.test)
+    features = {"train": load_features(run) if cfg.mine.features == "backbone" else embed(data.train)}
+    if "select" in splits:
+        features["select"] = features["train"] if cfg.cluster.select_on == "train" else embed(data.test)
+    return [features[split] for split in splits]
 
 
 def scan_step(ctx: RunContext, mode: Mode, entropy_weight: float) -> Callable[[Any], StepResult]:
@@ -148,7 +171,8 @@ def train_cluster(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplit
     if cc.update_head_only:
         mode: Mode = HeadsOnFeatures(ctx, cfg, *cached_features(ctx, cfg, run, data), pretext)
     else:
-        mode = FullNetwork(ctx, cfg, data.train, data.images(cc.select_on), pretext)
+        warm_start = (cached_features(ctx, cfg, run, data, ("train",))[0].float(), neighbors) if cc.warm_start_heads else None
+        mode = FullNetwork(ctx, cfg, data.train, data.images(cc.select_on), pretext, warm_start)
     model, optimizer = mode.fresh()
     state = TrainState(run, "cluster", fingerprint(cfg, "cluster"), cfg.to_dict(), {"model": model, "optimizer": optimizer},
                        extra={"best_loss": float("inf"), "best_head": 0, "best_epoch": 0, "best_restart": 1})
