@@ -63,7 +63,8 @@ def test_poor_solution_warning_uses_each_presets_threshold_on_its_own_data_only(
     mnist = build_config("mnist")
     assert poor_solution_warning(mnist, -2.233) is None  # the closest good MNIST step seen
     line = poor_solution_warning(mnist, -2.209)  # two digits mixed across two clusters
-    assert "-2.209 is above -2.222" in line and "more cluster.restarts" in line  # the preset has 3
+    assert "-2.209 is above -2.222" in line and "cluster.restarts=3" in line
+    assert "more cluster.restarts" in poor_solution_warning(build_config("mnist", overrides=["cluster.restarts=3"]), -2.209)
     mnist_file = build_config("mnist", overrides=["data.source=npz", "data.path=x.npz"])
     assert poor_solution_warning(mnist_file, -2.209) is None  # a file of unknown images
     assert poor_solution_warning(mnist_file, -2.209, "0" * 32) is None

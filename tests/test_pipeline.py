@@ -25,7 +25,7 @@ def without_timings(metrics: dict) -> dict:
 
 
 def test_default_digits_run_reaches_accuracy_and_writes_the_run_dir(tmp_path):
-    """The default preset, seed 0, as `scan run` runs it (about a minute on 2 cores)."""
+    """The default preset, seed 0, as `scan run` runs it (2-4 minutes on 2 cores)."""
     cfg = build_config("digits", device="cpu", seed=0)
     metrics = run_pipeline(cfg, out=tmp_path)
     assert metrics["selflabel"]["acc"] >= 0.85

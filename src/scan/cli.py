@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `scan --version` and `scan hel
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXAMPLES = """examples:
-  scan run                                  the default job: 10 clusters of scikit-learn's digits (about a minute)
+  scan run                                  the default job: 10 clusters of scikit-learn's digits (2-4 minutes)
   scan run mnist --data mnist.npz           another preset on your data (scan presets lists them)
   scan run --data photos/ --clusters 20     your own image folder
   scan run pretext.epochs=50 --seed 1       any config key as section.key=value (scan config lists them)
