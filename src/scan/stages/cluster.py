@@ -122,21 +122,23 @@ class HeadsOnFeatures:
 Mode = FullNetwork | HeadsOnFeatures
 
 
-def cached_features(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits,
-                    splits: tuple[str, ...] = ("train", "select")) -> list[torch.Tensor]:
-    """Frozen-backbone features N×D of the asked splits ("train", "select"), in that order: the
-    mined train features when mining used backbone features, else one weak-view pass per split."""
+def backbone_features(ctx: RunContext, cfg: RunConfig, run: RunDir, images: Images) -> torch.Tensor:
+    """The frozen pretext backbone's features N×D of uint8 N×C×H×W images, from one weak-view pass."""
     backbone = ctx.runtime.prepare(load_pretext_backbone(run, cfg).to(ctx.device).eval())
-    weak = make_view("weak", cfg.data)
+    return infer(lambda x: ctx.forward(backbone, x), on_device(images, ctx.device), make_view("weak", cfg.data),
+                 cfg.mine.batch_size, ctx.device, workers=cfg.runtime.workers)
 
-    def embed(images: Images) -> torch.Tensor:
-        return infer(lambda x: ctx.forward(backbone, x), on_device(images, ctx.device), weak, cfg.mine.batch_size,
-                     ctx.device, workers=cfg.runtime.workers)
 
-    features = {"train": load_features(run) if cfg.mine.features == "backbone" else embed(data.train)}
-    if "select" in splits:
-        features["select"] = features["train"] if cfg.cluster.select_on == "train" else embed(data.test)
-    return [features[split] for split in splits]
+def train_features(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> torch.Tensor:
+    """Frozen-backbone features N×D of the train split: the mined ones when mining used backbone
+    features, else one weak-view pass."""
+    return load_features(run) if cfg.mine.features == "backbone" else backbone_features(ctx, cfg, run, data.train)
+
+
+def cached_features(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen-backbone features of the train and selection splits."""
+    features = train_features(ctx, cfg, run, data)
+    return features, features if cfg.cluster.select_on == "train" else backbone_features(ctx, cfg, run, data.test)
 
 
 def scan_step(ctx: RunContext, mode: Mode, entropy_weight: float) -> Callable[[Any], StepResult]:
@@ -171,7 +173,7 @@ def train_cluster(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplit
     if cc.update_head_only:
         mode: Mode = HeadsOnFeatures(ctx, cfg, *cached_features(ctx, cfg, run, data), pretext)
     else:
-        warm_start = (cached_features(ctx, cfg, run, data, ("train",))[0].float(), neighbors) if cc.warm_start_heads else None
+        warm_start = (train_features(ctx, cfg, run, data).to(ctx.device), neighbors) if cc.warm_start_heads else None
         mode = FullNetwork(ctx, cfg, data.train, data.images(cc.select_on), pretext, warm_start)
     model, optimizer = mode.fresh()
     state = TrainState(run, "cluster", fingerprint(cfg, "cluster"), cfg.to_dict(), {"model": model, "optimizer": optimizer},
