@@ -141,6 +141,7 @@ def test_unknown_preset_lists_valid_presets():
     ("data.channels=2", "data.channels must be 1 or 3"),
     ("selflabel.threshold=1.0", "selflabel.threshold must be in (0, 1)"),
     ("selflabel.ema=1.0", "selflabel.ema must be in [0, 1)"),
+    ("selflabel.agreement_z=-1", "selflabel.agreement_z must be >= 0"),
     ("data.crop_scale=[0.8,0.5]", "data.crop_scale"),
     ("mine.val_k=5 mine.k=4", "mine.val_k (5) must not exceed mine.k (4)"),
 ])

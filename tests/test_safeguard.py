@@ -11,8 +11,8 @@ import torch
 
 import scan
 from scan.losses import pseudo_labels
-from scan.stages.safeguard import (assignment_balance, cluster_thresholds, compare_agreement, compare_balance, confident_set,
-                                   neighbor_agreement)
+from scan.stages.safeguard import (agreement_change, assignment_balance, cluster_thresholds, compare_agreement,
+                                   compare_balance, confident_set)
 
 
 def one_hot_probs(clusters: list[int], k: int, confidence: float) -> torch.Tensor:
@@ -75,11 +75,41 @@ def test_a_model_that_agrees_less_with_the_mined_neighbours_does_not_replace_the
     neighbors = torch.tensor([[1], [0], [3], [2]])  # 0 <-> 1 and 2 <-> 3
     before = one_hot_probs([0, 0, 1, 1], 2, 0.9)    # both pairs in one cluster: 4 of 4 agree
     after = one_hot_probs([0, 1, 1, 1], 2, 0.9)     # image 1 moved: 0-1 and 1-0 disagree
-    assert neighbor_agreement(before, neighbors) == pytest.approx(1.0)
-    assert neighbor_agreement(after, neighbors) == pytest.approx(0.5)
-    reason = compare_agreement(1.0, 0.5, max_drop=0.0)
+    change = agreement_change(before, after, neighbors)
+    assert (change.before, change.after, change.images) == (pytest.approx(1.0), pytest.approx(0.5), 4)
+    # per-image differences [-1, -1, 0, 0]: sample std sqrt(1/3), over sqrt(4) images
+    assert change.stderr == pytest.approx(math.sqrt(1 / 3) / 2)
+    reason = compare_agreement(change, max_drop=0.0, z=0.0)
     assert reason is not None and "1.0000 -> 0.5000" in reason
-    assert compare_agreement(0.5, 1.0, max_drop=0.0) is None and compare_agreement(1.0, 0.5, max_drop=1.0) is None
+    assert compare_agreement(agreement_change(after, before, neighbors), max_drop=0.0, z=0.0) is None
+    assert compare_agreement(change, max_drop=1.0, z=1.645) is None
+
+
+def pairs_agreeing(n_pairs: int, moved: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """probs of 2·n_pairs images in mutual-neighbour pairs (2i, 2i+1), all pairs in one cluster but
+    those whose first image is in `moved`, and the neighbours N×1."""
+    clusters = torch.zeros(2 * n_pairs, dtype=torch.long)
+    clusters[[2 * p for p in moved]] = 1
+    neighbors = torch.arange(2 * n_pairs).view(-1, 2).flip(1).reshape(-1, 1)
+    return one_hot_probs(clusters.tolist(), 2, 0.9), neighbors
+
+
+def test_a_gain_within_the_noise_of_retraining_does_not_replace_the_scan_model():
+    # 1,000 pairs; self-labelling splits 10 pairs and joins 12 others: a net gain of 4 of 2,000
+    # images, with 44 images changed either way, is no evidence.
+    before, neighbors = pairs_agreeing(1000, moved=list(range(12)))
+    after, _ = pairs_agreeing(1000, moved=list(range(100, 110)))
+    change = agreement_change(before, after, neighbors)
+    assert change.gain == pytest.approx(4 / 2000)
+    diffs = torch.tensor([1.0] * 24 + [-1.0] * 20 + [0.0] * 1956)
+    assert change.stderr == pytest.approx(float(diffs.std() / math.sqrt(2000)), rel=1e-6)
+    assert change.gain < 1.645 * change.stderr
+    reason = compare_agreement(change, max_drop=0.0, z=1.645)
+    assert reason is not None and "standard error" in reason and "selflabel.agreement_z=1.645" in reason
+    assert compare_agreement(change, max_drop=0.0, z=0.0) is None  # the rule without the margin keeps it
+    # joining the 12 split pairs and splitting none is a clear gain (z about 4.9)
+    clear, _ = pairs_agreeing(1000, moved=[])
+    assert compare_agreement(agreement_change(before, clear, neighbors), max_drop=0.0, z=1.645) is None
 
 
 TINY = ["pretext.epochs=2", "cluster.epochs=2", "selflabel.epochs=1", "cluster.num_heads=2", "device=cpu"]

@@ -136,9 +136,13 @@ class SelfLabelConfig:
     # min_confident=0 and max_balance_drop=1 turn the checks off.
     min_confident: float = 0.1
     max_balance_drop: float = 0.05
-    # ... and only when the share of (image, mined neighbour) pairs in one cluster drops by at most
-    # this much (safeguard.neighbor_agreement; 1 turns the check off).
+    # ... and only when the share of (image, mined neighbour) pairs in one cluster rises by at least
+    # agreement_z standard errors (paired over the train images) less max_agreement_drop
+    # (safeguard.compare_agreement). 1.645: one-sided 5 %; on digits and MNIST no self-label model
+    # above it had lowered ACC, while below it some had (benchmarks/safeguard.py).
+    # max_agreement_drop=1 turns the check off; agreement_z=0 allows a drop of max_agreement_drop.
     max_agreement_drop: float = 0.0
+    agreement_z: float = 1.645
     # Train the head alone on the cached backbone features (no augmentation: the confident
     # predictions of the features supervise the same features) instead of the whole network.
     update_head_only: bool = False
@@ -388,6 +392,8 @@ def validate(cfg: RunConfig) -> None:
     for key in ("min_confident", "max_balance_drop", "max_agreement_drop", "cluster_quota"):
         if not 0 <= getattr(cfg.selflabel, key) <= 1:
             raise ScanError(f"selflabel.{key} must be in [0, 1], got {getattr(cfg.selflabel, key)}")
+    if cfg.selflabel.agreement_z < 0:
+        raise ScanError(f"selflabel.agreement_z must be >= 0 (0: no margin), got {cfg.selflabel.agreement_z}")
     if not 0 <= cfg.selflabel.ema < 1:
         raise ScanError(f"selflabel.ema must be in [0, 1) (0 turns EMA off), got {cfg.selflabel.ema}")
     if min(cfg.pretext.epochs, cfg.selflabel.epochs, cfg.pretext.warmup_epochs) < 0:
@@ -527,6 +533,7 @@ KEY_HELP: dict[str, str] = {
     "selflabel.min_confident": "self-label only when at least this share of train images is confident (0: always)",
     "selflabel.max_balance_drop": "keep the self-label model only if cluster balance drops by at most this (1: always)",
     "selflabel.max_agreement_drop": "keep the self-label model only if its agreement with the mined neighbours drops by at most this (1: always)",
+    "selflabel.agreement_z": "... and rises by at least this many standard errors (0: any rise, or a drop up to max_agreement_drop)",
     "selflabel.update_head_only": "train the head alone on the cached backbone features (no augmentation)",
     "runtime.precision": "auto, fp32 or bf16 autocast (auto: bf16 where it is native: CUDA that supports it, CPUs with AMX-BF16 or AVX512-BF16)",
     "runtime.channels_last": "channels-last memory format (auto: on where bf16 is native, as for precision)",

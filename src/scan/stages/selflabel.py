@@ -24,8 +24,8 @@ from scan.data.views import make_view
 from scan.losses import pseudo_label_ce, pseudo_labels
 from scan.models.heads import ClusteringModel
 from scan.stages.artifacts import load_clustering_model, load_features, load_neighbors, save_clustering_model
-from scan.stages.safeguard import (assignment_balance, cluster_thresholds, compare_agreement, compare_balance, confident_set,
-                                   neighbor_agreement)
+from scan.stages.safeguard import (agreement_change, assignment_balance, cluster_thresholds, compare_agreement,
+                                   compare_balance, confident_set)
 from scan.training.batches import infer, local_batch_size, shuffled_batches, steps_per_epoch
 from scan.training.context import RunContext
 from scan.training.loop import StepResult, TrainState, fit
@@ -137,10 +137,12 @@ def train_selflabel(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSpl
     final_probs = train_probs(ctx, cfg, final, data, features)
     neighbors, _ = load_neighbors(run)
     balance = [assignment_balance(scan_probs), assignment_balance(final_probs)]
-    agreement = [neighbor_agreement(scan_probs, neighbors), neighbor_agreement(final_probs, neighbors)]
-    end = compare_balance(*balance, sc.max_balance_drop) or compare_agreement(*agreement, sc.max_agreement_drop)
+    agreement = agreement_change(scan_probs, final_probs, neighbors)
+    end = (compare_balance(*balance, sc.max_balance_drop)
+           or compare_agreement(agreement, sc.max_agreement_drop, sc.agreement_z))
     summary = {"final": "selflabel" if end is None else "cluster", "confident": start.share,
-               "balance": balance, "neighbor_agreement": agreement,
+               "balance": balance, "neighbor_agreement": [agreement.before, agreement.after],
+               "agreement_stderr": agreement.stderr,
                "skipped_steps": sum(r["skipped_steps"] for r in state.history)}
     if end is not None:
         summary["reason"] = end
