@@ -138,8 +138,7 @@ class SelfLabelConfig:
     max_balance_drop: float = 0.05
     # ... and only when the share of (image, mined neighbour) pairs in one cluster rises by at least
     # agreement_z standard errors (paired over the train images) less max_agreement_drop
-    # (safeguard.compare_agreement). 1.645: one-sided 5 %; on digits and MNIST no self-label model
-    # above it had lowered ACC, while below it some had (benchmarks/safeguard.py).
+    # (safeguard.compare_agreement, which gives the evidence for 1.645, a one-sided 5 %).
     # max_agreement_drop=1 turns the check off; agreement_z=0 allows a drop of max_agreement_drop.
     max_agreement_drop: float = 0.0
     agreement_z: float = 1.645

@@ -119,7 +119,8 @@ def compare_agreement(change: AgreementChange, max_drop: float, z: float) -> str
     Why a standard error: the agreement moves by a few images either way after any retraining, and
     such a move says nothing of ACC (digits and MNIST, 84 runs, benchmarks/safeguard.py: self-label
     models with gains below 1.645 standard errors were better in some runs and worse in others,
-    MNIST seed 0 by 16 test images; none above it was worse)."""
+    MNIST seed 0 by 16 test images; none above it was worse). Not a guarantee: on 1,797 MNIST
+    images at 8×8 two of three models above it were 2 test images worse (README, Results)."""
     needed = z * change.stderr - max_drop
     if change.gain >= needed:
         return None
