@@ -1,31 +1,32 @@
 """`--clusters auto` on finished runs: the K estimate from each run's cached features and mined
-neighbours, as `scan run ... --clusters auto` makes it (same function, seeded by the run's seed),
-without training the cluster stage. One JSON line per run: the chosen K, the stability curve and
-the seconds the estimate took.
+neighbours, as `scan run ... --clusters auto` makes it (same function and settings), without
+training the cluster stage. One JSON line per run and seed of the heads: the chosen K, the stability
+curve and the seconds the estimate took. Nothing is written to the runs.
 
     for s in 0 1 2; do
       scan pretext mnist --data ../shared/data/mnist.npz --seed $s --out runs/mnist-s$s
       scan mine mnist --data ../shared/data/mnist.npz --seed $s --out runs/mnist-s$s
     done
     python benchmarks/kestimate.py runs/mnist-s0 runs/mnist-s1 runs/mnist-s2
+    python benchmarks/kestimate.py runs/mnist-s0 --seeds 0 1 2    # the heads seeded 0, 1, 2
 
-A run that already holds an estimate (RUN/mine/clusters_auto.json) reports it unchanged; the
-estimate is written there as a `--clusters auto` run would, so a later
-`scan run RUN --clusters auto` uses the same K.
+By default the heads are seeded with the run's seed, as in `scan run --clusters auto`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Iterator
 
+import torch
+
 from scan.checkpoint import RunDir
-from scan.kestimate import read_estimate, resolve_clusters
+from scan.kestimate import estimate_clusters
 from scan.rundir import read_config
+from scan.stages.artifacts import load_features, load_neighbors
 
 
 def runs_parser(description: str) -> argparse.ArgumentParser:
@@ -45,15 +46,21 @@ def mined_runs(roots: list[Path]) -> Iterator[tuple[Path, RunDir]]:
 
 
 def main() -> None:
-    for root, run in mined_runs(runs_parser(__doc__.splitlines()[0]).parse_args().runs):
-        cfg = dataclasses.replace(read_config(run), clusters="auto")
-        start = time.perf_counter()
-        k = resolve_clusters(cfg, run).clusters
-        seconds = time.perf_counter() - start
-        estimate = read_estimate(run)
-        print(json.dumps({"benchmark": "kestimate", "run": str(root), "preset": cfg.preset, "seed": cfg.seed, "k": k,
-                          "ks": estimate["ks"], "stability": [round(v, 4) for v in estimate["stability"]],
-                          "seconds": round(seconds, 1)}), flush=True)
+    parser = runs_parser(__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of the heads (default: the run's)")
+    args = parser.parse_args()
+    for root, run in mined_runs(args.runs):
+        cfg = read_config(run)
+        features, (neighbors, _) = load_features(run), load_neighbors(run)
+        for seed in args.seeds or [cfg.seed]:
+            start = time.perf_counter()
+            torch.manual_seed(seed)
+            estimate = estimate_clusters(features, neighbors, tuple(cfg.cluster.auto_range))
+            seconds = time.perf_counter() - start
+            print(json.dumps({"benchmark": "kestimate", "run": str(root), "preset": cfg.preset, "seed": cfg.seed,
+                              "heads_seed": seed, "k": estimate.k, "ks": estimate.ks,
+                              "stability": [round(v, 4) for v in estimate.stability], "seconds": round(seconds, 1)}),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -3,18 +3,36 @@ with a known number of groups."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import feature_blobs
 
-from scan.kestimate import choose_k, estimate_clusters, stability
+from scan.kestimate import choose_k, estimate_clusters, smooth, stability
 from scan.knn import knn
 
 
-def test_choose_k_takes_the_smallest_k_on_the_plateau():
-    ks = [2, 3, 4, 5, 6]
-    assert choose_k(ks, [0.5, 0.95, 1.0, 0.9, 0.97], tolerance=0.1) == 3  # 0.95 >= 0.9·1.0
-    assert choose_k(ks, [0.5, 0.85, 1.0, 0.9, 0.97], tolerance=0.1) == 4
-    assert choose_k(ks, [0.5, 0.85, 1.0, 0.9, 0.97], tolerance=0.0) == 4
+def test_smooth_averages_each_value_with_its_neighbours():
+    assert smooth([0.0, 3.0, 0.0, 3.0]) == pytest.approx([1.0, 1.0, 2.0, 2.0])  # an end counts twice
+
+
+def test_choose_k_takes_the_start_of_the_smoothed_plateau():
+    ks = [2, 3, 4, 5, 6, 7]
+    curve = [0.5, 0.6, 0.85, 0.9, 0.9, 0.9]  # smoothed: 0.533, 0.65, 0.783, 0.883, 0.9, 0.9
+    assert choose_k(ks, curve, tolerance=0.05) == 5  # bar 0.855; K = 4 alone (0.85) is below it
+    assert choose_k(ks, curve, tolerance=0.1) == 4  # bar 0.81: K = 4 is the step back (0.85)
+
+
+def test_choose_k_passes_over_an_isolated_spike_at_small_k():
+    ks = [2, 3, 4, 5, 6, 7, 8]
+    curve = [0.5, 0.8, 0.5, 0.5, 0.7, 0.72, 0.71]  # the raw best is K = 3, alone
+    # smoothed: 0.6, 0.6, 0.6, 0.567, 0.64, 0.71, 0.713; bar 0.678 from K = 7; K = 6 (0.70) clears it
+    assert choose_k(ks, curve) == 6
+
+
+def test_choose_k_finds_a_sharp_plateau_where_it_starts():
+    ks = [2, 3, 4, 5, 6, 7]
+    curve = [0.4, 0.6, 1.0, 0.96, 0.87, 0.71]  # smoothed: 0.467, 0.667, 0.853, 0.943, 0.847, 0.763
+    assert choose_k(ks, curve) == 4  # the smoothed plateau starts at 5; K = 4's own 1.0 clears the bar
 
 
 def test_stability_is_one_for_identical_partitions_up_to_renaming():
@@ -31,12 +49,10 @@ def test_the_estimate_finds_four_well_separated_groups():
     estimate = estimate_clusters(features, neighbors, (2, 7), heads=6, steps=300)
     assert estimate.k == 4
     assert estimate.ks == [2, 3, 4, 5, 6, 7] and len(estimate.stability) == 6
-    assert estimate.to_dict()["k"] == 4 and "smallest K" in estimate.to_dict()["criterion"]
+    assert estimate.to_dict()["k"] == 4 and "plateau" in estimate.to_dict()["criterion"]
 
 
 def test_clusters_auto_and_its_range_are_validated():
-    import pytest
-
     from scan.config import build_config
     from scan.errors import ScanError
 

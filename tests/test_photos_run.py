@@ -55,7 +55,8 @@ def test_photos_run_with_auto_clusters_then_predict(tmp_path, photos, weights, c
     metrics = json.loads((out / "metrics.json").read_text())
     k = metrics["clusters_auto"]["k"]
     assert metrics["final"]["step"] == "selflabel"
-    assert metrics["clusters_auto"]["ks"] == [2, 3, 4] and len(metrics["clusters_auto"]["stability"]) == 3
+    auto = metrics["clusters_auto"]
+    assert auto["ks"] == [2, 3, 4] and len(auto["stability"]) == len(auto["smoothed"]) == 3
     card = json.loads((out / "selflabel" / "model.json").read_text())
     assert card["num_clusters"] == k and card["backbone"] == BACKBONE
     assert card["backbone_source"] == "pretrained" and card["backbone_weights"] == str(weights)

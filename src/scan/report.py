@@ -35,6 +35,7 @@ from scan.diagnose import (AGREEMENT_SPREAD, LOW_CONFIDENCE, SPLIT_SHARE, Cluste
 from scan.errors import ScanError
 from scan.featuremap import MAX_THUMBS, feature_map_html, pick_points
 from scan.evaluate import TABLE_KEYS, matched_names, num_classes
+from scan.kestimate import smooth
 from scan.knn import neighbor_accuracy
 from scan.metrics import contingency
 from scan.predict import ClusterModel, load
@@ -502,10 +503,10 @@ def _choices_section(run: RunDir) -> str:
         parts.append(f"<p>Final model: <b>{_e(final['step'])}</b>{why}.</p>")
     auto = metrics.get("clusters_auto")
     if auto:
-        rows = [[str(k), f"{s:.3f}" + (" ← chosen" if k == auto["k"] else "")]
-                for k, s in zip(auto["ks"], auto["stability"])]
+        rows = [[str(k), f"{s:.3f}", f"{m:.3f}" + (" ← chosen" if k == auto["k"] else "")]
+                for k, s, m in zip(auto["ks"], auto["stability"], smooth(auto["stability"]))]
         parts.append(f"<p>K = {auto['k']} was estimated (--clusters auto): {_e(auto['criterion'])}.</p>"
-                     + _table(["K", "stability"], rows, numeric=(0, 1)))
+                     + _table(["K", "stability", "averaged with K ± 1"], rows, numeric=(0, 1, 2)))
     return "<h2>Choices made without labels</h2>" + "".join(parts) if parts else ""
 
 
