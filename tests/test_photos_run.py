@@ -79,7 +79,8 @@ def test_photos_run_with_auto_clusters_then_predict(tmp_path, photos, weights, c
     assert main(["predict", str(out), *files, "--device", "cpu"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert main(["report", str(out), "--device", "cpu"]) == 0
-    assert f"K = {k} was estimated (--clusters auto)" in (out / "report" / "index.html").read_text()
+    page = (out / "report" / "index.html").read_text()
+    assert f"K = {k} was estimated (--clusters auto)" in page and "averaged with K ± 1" in page
     assert [r["path"] for r in rows] == files
     assert [int(r["cluster"]) for r in rows] == clusters.tolist()
 
