@@ -21,12 +21,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
 from scan.checkpoint import RunDir
-from scan.kestimate import estimate_clusters
+from scan.kestimate import estimate_run
 from scan.rundir import read_config
-from scan.stages.artifacts import load_features, load_neighbors
 
 
 def runs_parser(description: str) -> argparse.ArgumentParser:
@@ -51,11 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     for root, run in mined_runs(args.runs):
         cfg = read_config(run)
-        features, (neighbors, _) = load_features(run), load_neighbors(run)
         for seed in args.seeds or [cfg.seed]:
             start = time.perf_counter()
-            torch.manual_seed(seed)
-            estimate = estimate_clusters(features, neighbors, tuple(cfg.cluster.auto_range))
+            estimate = estimate_run(cfg, run, seed)
             seconds = time.perf_counter() - start
             print(json.dumps({"benchmark": "kestimate", "run": str(root), "preset": cfg.preset, "seed": cfg.seed,
                               "heads_seed": seed, "k": estimate.k, "ks": estimate.ks,

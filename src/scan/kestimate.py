@@ -171,6 +171,15 @@ def read_estimate(run: RunDir) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def estimate_run(cfg: RunConfig, run: RunDir, seed: int) -> KEstimate:
+    """The estimate from a mined run's cached features and neighbours over cfg's K range, with
+    the heads seeded `seed`; the caller's random streams stay as they were."""
+    features, (neighbors, _) = load_features(run), load_neighbors(run)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return estimate_clusters(features, neighbors, tuple(cfg.cluster.auto_range))
+
+
 def resolve_clusters(cfg: RunConfig, run: RunDir, write: bool = True) -> RunConfig:
     """`cfg` itself unless clusters is 'auto'; then a copy with the K estimated from the run's
     cached features and neighbours (computed once and written when `write`, then read back),
@@ -179,10 +188,7 @@ def resolve_clusters(cfg: RunConfig, run: RunDir, write: bool = True) -> RunConf
         return cfg
     estimate = read_estimate(run)
     if estimate is None:
-        features, (neighbors, _) = load_features(run), load_neighbors(run)
-        with torch.random.fork_rng(devices=[]):  # the stages' own random streams stay as they were
-            torch.manual_seed(cfg.seed)
-            result = estimate_clusters(features, neighbors, tuple(cfg.cluster.auto_range))
+        result = estimate_run(cfg, run, cfg.seed)
         estimate = result.to_dict()
         if write:
             save_json(estimate, estimate_path(run))
