@@ -7,14 +7,17 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import scan.stages.pretext
 from scan.checkpoint import RunDir, load_torch
 from scan.cli import main
 from scan.config import build_config
 from scan.errors import ScanError
+from scan.knn import knn
 from scan.pipeline import run_pipeline
 from scan.training.loop import TrainState
+from scan.whitening import power_whiten
 
 # A few epochs of each stage: seconds per run, enough to exercise every code path.
 SHORT = ["pretext.epochs=4", "cluster.epochs=3", "selflabel.epochs=2", "selflabel.min_confident=0", "selflabel.max_balance_drop=1", "selflabel.max_agreement_drop=1", "cluster.num_heads=2", "device=cpu"]
@@ -97,6 +100,21 @@ def test_stages_one_at_a_time_and_changed_config(tmp_path, capsys):
     assert "pretext: finished earlier with this config, skipped" in printed
     assert "mine: finished earlier with this config, skipped" in printed
     assert "cluster 1/3 " in printed and "selflabel 1/2 " in printed
+
+
+def test_whitened_mining_searches_the_whitened_train_and_test_features(tmp_path, capsys):
+    """mine.whitening=0.5 with selection on the test split: train neighbours from the whitened
+    train features, test neighbours from the test features mapped with the train statistics."""
+    out, args = str(tmp_path), [*SHORT, "cluster.select_on=test", "mine.val_k=5", "mine.whitening=0.5"]
+    assert main(["pretext", "--out", out, *args]) == 0
+    assert main(["mine", "--out", out, *args]) == 0
+    assert "whitened with power 0.5" in capsys.readouterr().out
+    mine = tmp_path / "mine"
+    train, test = (torch.from_numpy(np.load(mine / f"{name}.npy").astype(np.float32)) for name in ("features", "test_features"))
+    white_train, white_test = power_whiten(train, 0.5, test)
+    np.testing.assert_array_equal(np.load(mine / "neighbors.npy"), knn(white_train, 20)[0].numpy())
+    np.testing.assert_array_equal(np.load(mine / "val_neighbors.npy"), knn(white_test, 5)[0].numpy())
+    assert not np.array_equal(np.load(mine / "neighbors.npy"), knn(train, 20)[0].numpy())
 
 
 def test_non_finite_loss_stops_the_stage_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

@@ -78,6 +78,8 @@ class MineConfig:
     features: str = "projection"
     batch_size: int = 512
     backend: str = "torch"
+    # PCA whitening power of the features before the search (scan.whitening): 0 = plain cosine.
+    whitening: float = 0.0
 
 
 @dataclass
@@ -340,6 +342,8 @@ def validate(cfg: RunConfig) -> None:
     _check_choice("mine.backend", cfg.mine.backend, BACKENDS)
     if cfg.mine.backend == "faiss" and not faiss_available():
         raise ScanError(FAISS_MISSING)
+    if not 0 <= cfg.mine.whitening <= 1:
+        raise ScanError(f"mine.whitening must be in [0, 1] (0: plain cosine), got {cfg.mine.whitening}")
     _check_choice("runtime.precision", cfg.runtime.precision, ("auto", "fp32", "bf16"))
     for key in ("channels_last", "stream"):
         if getattr(cfg.runtime, key) not in ("auto", True, False):
@@ -502,6 +506,7 @@ KEY_HELP: dict[str, str] = {
     "mine.features": "mine on backbone features or on the projection output",
     "mine.batch_size": "images per embedding pass while mining",
     "mine.backend": "torch (exact, no extra package) or faiss (faiss-cpu's exact IndexFlatIP)",
+    "mine.whitening": "PCA whitening power of the features before the search: 0 plain cosine, 0.5 square-rooted, 1 full",
     "cluster.epochs": "epochs of the SCAN step",
     "cluster.batch_size": "anchors per SCAN step",
     "cluster.optimizer": "adam or sgd",

@@ -17,6 +17,7 @@ from scan.models.features import extract_features
 from scan.stages.artifacts import load_pretext_backbone, load_pretext_model
 from scan.training.batches import infer
 from scan.training.context import RunContext
+from scan.whitening import power_whiten
 
 
 def embed(ctx: RunContext, cfg: RunConfig, run: RunDir, images: Images, path: Path) -> torch.Tensor:
@@ -35,7 +36,8 @@ def embed(ctx: RunContext, cfg: RunConfig, run: RunDir, images: Images, path: Pa
 
 def run_mine(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) -> dict:
     """Write features.npy, neighbors.npy (N×k) and val_neighbors.npy (selection split, N×val_k).
-    Embedding is sharded across ranks; rank 0 searches the neighbours and writes the files."""
+    Embedding is sharded across ranks; rank 0 searches the neighbours (in the whitened space when
+    mine.whitening > 0; features.npy keeps the features as embedded) and writes the files."""
     mc = cfg.mine
     folder = run.stage("mine")
     features = embed(ctx, cfg, run, data.train, folder / "features.npy")
@@ -43,16 +45,18 @@ def run_mine(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) ->
     summary: dict = {"k": mc.k, "n": len(features)}
     if not ctx.is_main:
         return summary
-    neighbors, _ = knn(features, mc.k, backend=mc.backend)
-    if test_features is None:
+    space, test_space = power_whiten(features, mc.whitening, test_features) if mc.whitening else (features, test_features)
+    neighbors, _ = knn(space, mc.k, backend=mc.backend)
+    if test_space is None:
         val_neighbors = neighbors[:, : mc.val_k]
     else:
-        val_neighbors, _ = knn(test_features, mc.val_k, backend=mc.backend)
+        val_neighbors, _ = knn(test_space, mc.val_k, backend=mc.backend)
     if ctx.world_size > 1:  # one process wrote them as it went
         save_npy(features.cpu().half().numpy(), folder / "features.npy")
     save_npy(neighbors.cpu().numpy(), folder / "neighbors.npy")
     save_npy(val_neighbors.cpu().numpy(), folder / "val_neighbors.npy")
-    line = f"mine: top-{mc.k} neighbours of {len(features)} train images ({features.shape[1]}-d {mc.features} features)"
+    whitened = f", whitened with power {mc.whitening:g}" if mc.whitening else ""
+    line = f"mine: top-{mc.k} neighbours of {len(features)} train images ({features.shape[1]}-d {mc.features} features{whitened})"
     if data.train_labels is not None:
         summary["neighbor_accuracy"] = neighbor_accuracy(neighbors.cpu(), data.train_labels)
         line += f"; neighbour accuracy {summary['neighbor_accuracy']:.4f}"
