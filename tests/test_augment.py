@@ -93,6 +93,20 @@ def test_simclr_quarter_area_crop_is_an_8x8_crop_scaled_up():
     assert len(set(pixels[:, 0, 8, 8].round().tolist())) > 1
 
 
+def test_simclr_small_crop_has_the_given_size_and_samples_its_box():
+    # Multi-crop's small crops: a 4×4 box (area 1/16 of 16×16) resized to 4×4 is an exact copy of
+    # 4×4 source pixels, so the column ramp keeps its step of 8 and stays inside the image.
+    ramp = (torch.arange(16) * 8).expand(3, 16, 16)
+    images = ramp.to(torch.uint8).expand(5, -1, -1, -1).contiguous()
+    torch.manual_seed(0)
+    out = simclr_view(images, MEAN3, STD3, crop_scale=(1 / 16, 1 / 16), crop_ratio=(1, 1), hflip=False,
+                      jitter=None, grayscale_p=0, size=4)
+    assert out.shape == (5, 3, 4, 4)
+    pixels = _unnormalize(out, 3)[:, 0]
+    torch.testing.assert_close(pixels.diff(dim=2), torch.full((5, 4, 3), 8.0), atol=1e-3, rtol=0)
+    assert (pixels > -1e-3).all() and (pixels < 120 + 1e-3).all()
+
+
 def test_simclr_box_that_cannot_fit_falls_back_to_the_centre_crop():
     # A full-area square box cannot fit a 12×20 image: torchvision falls back to the centre
     # 12×12 crop (columns 4..15), here stretched to 20 columns.

@@ -5,6 +5,7 @@ rank killed mid-stage (the launch stops with one line, the same command resumes)
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from scan.distributed import Collectives, Launch, launch_from_env, shard
-from scan.losses import confidence_ce, nt_xent, pseudo_label_ce, pseudo_labels, scan_loss
+from scan.losses import confidence_ce, multicrop_nt_xent, nt_xent, pseudo_label_ce, pseudo_labels, scan_loss
 from scan.training.batches import infer
 from scan.training.context import RunContext, Runtime
 
@@ -40,6 +41,7 @@ def fixed_inputs() -> dict[str, torch.Tensor]:
     return {
         "z1": torch.nn.functional.normalize(torch.randn(WORLD * B, D, generator=g), dim=1),
         "z2": torch.nn.functional.normalize(torch.randn(WORLD * B, D, generator=g), dim=1),
+        "small": torch.nn.functional.normalize(torch.randn(2, WORLD * B, D, generator=g), dim=2),
         "anchor": torch.randn(WORLD * B, K, generator=g),
         "neighbor": torch.randn(WORLD * B, K, generator=g),
         "weak": weak,
@@ -55,6 +57,10 @@ def losses_and_grads(x: dict[str, torch.Tensor], rows: slice, comm: Collectives)
     loss = nt_xent(z1, z2, 0.5, comm)
     loss.backward()
     out.update(nt_xent=loss.detach(), nt_xent_grad=torch.cat([z1.grad, z2.grad], 1))
+    views = torch.cat([x["z1"][None], x["z2"][None], x["small"]])[:, rows].clone().requires_grad_()
+    loss = multicrop_nt_xent(views, 0.5, comm)
+    loss.backward()
+    out.update(multicrop=loss.detach(), multicrop_grad=views.grad.transpose(0, 1).flatten(1))
     a, n = x["anchor"][rows].clone().requires_grad_(), x["neighbor"][rows].clone().requires_grad_()
     loss = scan_loss(a, n, 5.0, comm).total
     loss.backward()
@@ -77,7 +83,7 @@ def _worker(rank: int, port: int, results: Path) -> None:
         out = losses_and_grads(x, slice(rank * B, (rank + 1) * B), comm)
         # What a data-parallel step reports (the mean over ranks) and uses (the gradient averaged
         # over ranks, as DistributedDataParallel does: each rank's gradient / WORLD).
-        for name in ("nt_xent", "scan", "selflabel"):
+        for name in ("nt_xent", "multicrop", "scan", "selflabel"):
             out[name] = comm.sum_(out[name].clone()) / WORLD
             out[f"{name}_grad"] = comm.gather(out[f"{name}_grad"]) / WORLD
         ctx = RunContext(Runtime(torch.device("cpu")), Launch(rank, WORLD, rank), comm)
@@ -97,7 +103,7 @@ def two_ranks(tmp_path_factory) -> list[dict[str, torch.Tensor]]:
     return [torch.load(results / f"rank{r}.pt") for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("name", ["nt_xent", "scan", "selflabel"])
+@pytest.mark.parametrize("name", ["nt_xent", "multicrop", "scan", "selflabel"])
 def test_each_loss_on_two_ranks_equals_one_rank_on_twice_the_batch(two_ranks, name):
     one = losses_and_grads(fixed_inputs(), slice(None), Collectives())
     for rank in two_ranks:
@@ -163,6 +169,17 @@ def test_two_process_digits_run_writes_one_run_directory_and_reaches_accuracy(tm
         history = (tmp_path / "run" / stage / "history.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in history] == list(range(1, len(history) + 1))
     assert not list((tmp_path / "run").rglob("*.tmp"))
+
+
+def test_multicrop_pretext_trains_on_two_ranks(tmp_path):
+    """Multi-crop forwards the small crops in a second pass before one backward, which
+    DistributedDataParallel must accept."""
+    proc = torchrun(tmp_path / "run", "pretext.epochs=2", "pretext.local_crops=2", "data.local_size=4",
+                    "cluster.epochs=1", "selflabel.epochs=1", port=free_port())
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output[-3000:]
+    history = (tmp_path / "run" / "pretext" / "history.jsonl").read_text().splitlines()
+    assert [math.isfinite(json.loads(line)["loss"]) for line in history] == [True, True]
 
 
 def test_killing_one_rank_stops_the_launch_and_the_same_command_resumes(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from scan.losses import EPS, LOG_FLOOR, confidence_ce, nt_xent, scan_loss, validation_scan_loss
+from scan.losses import EPS, LOG_FLOOR, confidence_ce, multicrop_nt_xent, nt_xent, scan_loss, validation_scan_loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,6 +51,37 @@ def test_nt_xent_is_symmetric_in_the_two_views():
     z1 = torch.nn.functional.normalize(torch.randn(6, 5, generator=g), dim=1)
     z2 = torch.nn.functional.normalize(torch.randn(6, 5, generator=g), dim=1)
     assert nt_xent(z1, z2, 0.2).item() == pytest.approx(nt_xent(z2, z1, 0.2).item(), rel=1e-6)
+
+
+def _multicrop_by_hand(views: list[list[list[float]]], t: float, global_views: int) -> float:
+    """Mean over every (view, image) anchor of the mean over its positives of −log softmax, with
+    the pairs of two small crops of one image left out of numerator and denominator, written out."""
+    dot = lambda u, v: sum(a * c for a, c in zip(u, v))  # noqa: E731
+    rows = [(v, i, z) for v, view in enumerate(views) for i, z in enumerate(view)]
+    small = lambda v: v >= global_views  # noqa: E731
+    total = 0.0
+    for v, i, zi in rows:
+        others = [(w, j, zj) for w, j, zj in rows if (w, j) != (v, i) and not (j == i and small(v) and small(w))]
+        log_denom = math.log(sum(math.exp(dot(zi, zj) / t) for _, _, zj in others))
+        positives = [zj for w, j, zj in others if j == i]
+        total += sum(log_denom - dot(zi, zj) / t for zj in positives) / len(positives)
+    return total / len(rows)
+
+
+@pytest.mark.parametrize("views", [3, 4])
+def test_multicrop_nt_xent_matches_hand_computation(views):
+    # Two full views and one or two small crops of three images: with two small crops, their
+    # pair is neither a positive nor a negative.
+    g = torch.Generator().manual_seed(1)
+    z = torch.nn.functional.normalize(torch.randn(views, 3, 4, generator=g), dim=2)
+    expected = _multicrop_by_hand(z.tolist(), 0.5, global_views=2)
+    assert multicrop_nt_xent(z, 0.5).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_multicrop_nt_xent_with_two_views_is_nt_xent():
+    g = torch.Generator().manual_seed(2)
+    z = torch.nn.functional.normalize(torch.randn(2, 5, 3, generator=g), dim=2)
+    assert multicrop_nt_xent(z, 0.2).item() == pytest.approx(_nt_xent_by_hand(*z.tolist(), 0.2), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import scan.stages.pretext
+import scan.training.context
 from scan.checkpoint import RunDir, load_torch
 from scan.cli import main
 from scan.config import build_config
@@ -117,8 +118,31 @@ def test_whitened_mining_searches_the_whitened_train_and_test_features(tmp_path,
     assert not np.array_equal(np.load(mine / "neighbors.npy"), knn(train, 20)[0].numpy())
 
 
+def test_multicrop_pretext_forwards_small_crops_and_contrasts_all_views(tmp_path, monkeypatch):
+    """pretext.local_crops=3 at data.local_size=4 on 8×8 digits: each step forwards the two full
+    views in one batch and the three small crops (4×4) in another, and the loss sees 5 views."""
+    inputs, views = [], []
+    real_forward, real_loss = scan.training.context.Runtime.forward, scan.stages.pretext.multicrop_nt_xent
+
+    def recording_forward(self, net, x):
+        inputs.append(tuple(x.shape))
+        return real_forward(self, net, x)
+
+    def recording_loss(z, *args):
+        views.append(tuple(z.shape))
+        return real_loss(z, *args)
+
+    monkeypatch.setattr(scan.training.context.Runtime, "forward", recording_forward)
+    monkeypatch.setattr(scan.stages.pretext, "multicrop_nt_xent", recording_loss)
+    args = ["pretext.epochs=1", "pretext.batch_size=256", "pretext.local_crops=3", "data.local_size=4", "device=cpu"]
+    assert main(["pretext", "--out", str(tmp_path), *args]) == 0
+    steps = 1437 // 256
+    assert inputs == [(512, 1, 8, 8), (768, 1, 4, 4)] * steps
+    assert views == [(5, 256, 128)] * steps
+
+
 def test_non_finite_loss_stops_the_stage_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    real = scan.stages.pretext.nt_xent
+    real = scan.stages.pretext.multicrop_nt_xent
     steps = {"n": 0}
     steps_per_epoch = 1437 // 256
 
@@ -127,7 +151,7 @@ def test_non_finite_loss_stops_the_stage_and_keeps_the_last_checkpoint(tmp_path,
         loss = real(*args)
         return loss * float("nan") if steps["n"] > steps_per_epoch else loss
 
-    monkeypatch.setattr(scan.stages.pretext, "nt_xent", nan_in_second_epoch)
+    monkeypatch.setattr(scan.stages.pretext, "multicrop_nt_xent", nan_in_second_epoch)
     with pytest.raises(ScanError, match="pretext: non-finite loss .* epoch 2"):
         run_pipeline(build_config("digits", overrides=SHORT), out=tmp_path)
     assert load_torch(tmp_path / "pretext" / "checkpoint.pt")["epoch"] == 1

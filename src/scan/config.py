@@ -38,6 +38,9 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
     hflip: bool = True
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    # Multi-crop's small crops (pretext.local_crops): their side in pixels and area share.
+    local_size: int = 16
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.2])
     jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
@@ -66,6 +69,8 @@ class PretextConfig:
     temperature: float = 0.1
     lr_decay_rate: float = 0.1
     warmup_epochs: int = 0
+    # Multi-crop: this many small crops per image (data.local_size) beside the two full views.
+    local_crops: int = 0
     weights: str | None = None
 
 
@@ -388,6 +393,13 @@ def validate(cfg: RunConfig) -> None:
         raise ScanError(f"data.std must be > 0 for every channel, got {cfg.data.std}")
     if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
         raise ScanError(f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {cfg.data.crop_scale}")
+    scale = cfg.data.local_crop_scale
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ScanError(f"data.local_crop_scale must be [min, max] with 0 < min <= max <= 1, got {scale}")
+    if cfg.pretext.local_crops < 0:
+        raise ScanError(f"pretext.local_crops must be >= 0 (0 turns multi-crop off), got {cfg.pretext.local_crops}")
+    if cfg.pretext.local_crops and not 1 <= cfg.data.local_size <= cfg.data.size:
+        raise ScanError(f"data.local_size must be in [1, data.size={cfg.data.size}] for multi-crop, got {cfg.data.local_size}")
     if len(cfg.data.jitter) != 4:
         raise ScanError("data.jitter must be [brightness, contrast, saturation, hue]")
     if not 0 < cfg.selflabel.threshold < 1:
@@ -481,6 +493,8 @@ KEY_HELP: dict[str, str] = {
     "data.std": "per-channel standard deviation used to normalise images in [0, 1]",
     "data.hflip": "random horizontal flips in the training views",
     "data.crop_scale": "[min, max] area share of the random resized crop (SimCLR views)",
+    "data.local_size": "side in pixels of multi-crop's small crops (pretext.local_crops)",
+    "data.local_crop_scale": "[min, max] area share of multi-crop's small crops",
     "data.jitter": "colour jitter strength [brightness, contrast, saturation, hue]",
     "data.jitter_p": "probability of applying the colour jitter",
     "data.grayscale_p": "probability of turning a view grey",
@@ -499,6 +513,7 @@ KEY_HELP: dict[str, str] = {
     "pretext.temperature": "NT-Xent temperature τ",
     "pretext.lr_decay_rate": "the cosine schedule ends at lr·rate³ (the original's η_min)",
     "pretext.warmup_epochs": "linear learning-rate warm-up epochs",
+    "pretext.local_crops": "multi-crop: small crops per image beside the two full SimCLR views (0 = off)",
     "pretext.weights": "a weight file: MoCo v2 to import (source=train), or any backbone file (source=pretrained)",
     "pretext.source": "train (SimCLR here) or pretrained (take the backbone's weights as they are, no training)",
     "mine.k": "nearest neighbours mined per train image (the SCAN loss draws from them)",

@@ -25,17 +25,38 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, dist: Collec
     (The original code uses only view-1 anchors, B terms; this is the standard 2B-term form.)
     Returns a scalar: the mean over this rank's 2b anchors.
     """
-    b = z1.shape[0]
-    z1, z2 = z1.float(), z2.float()
-    all1, all2 = dist.gather(z1), dist.gather(z2)
-    contrast = torch.cat([all1, all2])  # 2B×d: every view-1 row, then every view-2 row
-    n = all1.shape[0]
-    own = dist.rank * b + torch.arange(b, device=z1.device)  # this rank's rows among the B images
-    logits = torch.cat([z1, z2]) @ contrast.T / temperature
-    anchors = torch.cat([own, own + n])
-    logits[torch.arange(2 * b, device=z1.device), anchors] = float("-inf")
-    targets = torch.cat([own + n, own])
-    return F.cross_entropy(logits, targets)
+    return multicrop_nt_xent(torch.stack([z1, z2]), temperature, dist)
+
+
+def multicrop_nt_xent(z: torch.Tensor, temperature: float, dist: Collectives = LOCAL,
+                      global_views: int = 2) -> torch.Tensor:
+    """NT-Xent over V views of each image (multi-crop SimCLR; with V = 2, nt_xent).
+
+    z: V×b×d L2-normalised features of V views of this rank's b images; the first `global_views`
+    are full-size views, the rest small crops. Every view is an anchor, contrasted against every
+    view of the global batch (gathered with gradients) but itself. Its positives are the other
+    views of its image, except that two small crops are neither positives nor negatives of each
+    other: they may show disjoint parts of the image (multi-crop compares small crops with the
+    full views only: Caron et al., "Unsupervised learning of visual features by contrasting
+    cluster assignments", NeurIPS 2020). Loss of an anchor: the mean over its positives of
+    −log softmax; returns the mean over this rank's V·b anchors.
+    """
+    v, b, _ = z.shape
+    z = z.float()
+    contrast = torch.cat([dist.gather(view) for view in z])  # V·B×d, view-major
+    n = contrast.shape[0] // v
+    dev = z.device
+    anchor_image = (dist.rank * b + torch.arange(b, device=dev)).repeat(v)
+    anchor_view = torch.arange(v, device=dev).repeat_interleave(b)
+    column_image = torch.arange(n, device=dev).repeat(v)
+    column_view = torch.arange(v, device=dev).repeat_interleave(n)
+    same_image = anchor_image[:, None] == column_image[None]
+    itself = same_image & (anchor_view[:, None] == column_view[None])
+    small_pair = same_image & (anchor_view[:, None] >= global_views) & (column_view[None] >= global_views)
+    positive = same_image & ~itself & ~small_pair
+    logits = (z.flatten(0, 1) @ contrast.T / temperature).masked_fill(itself | small_pair, float("-inf"))
+    log_prob = logits.log_softmax(1).where(positive, 0.0)
+    return (-log_prob.sum(1) / positive.sum(1)).mean()
 
 
 def entropy_of(p: torch.Tensor) -> torch.Tensor:

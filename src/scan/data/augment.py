@@ -58,10 +58,11 @@ def simclr_view(
     jitter: tuple[float, float, float, float] | None = (0.4, 0.4, 0.4, 0.1),
     jitter_p: float = 0.8,
     grayscale_p: float = 0.2,
+    size: int | None = None,
 ) -> Tensor:
     """SimCLR view as in the original SCAN code.
 
-    RandomResizedCrop back to H×W, horizontal flip (p 0.5), ColorJitter with probability
+    RandomResizedCrop back to H×W (or to size×size), horizontal flip (p 0.5), ColorJitter with probability
     ``jitter_p`` and grayscale with probability ``grayscale_p``, all with per-sample parameters.
 
     Args:
@@ -73,12 +74,13 @@ def simclr_view(
             None disables jitter.
         jitter_p: per-sample probability of applying the jitter.
         grayscale_p: per-sample probability of converting to grayscale (kept C-channel).
+        size: side of the output crops; None keeps H×W (multi-crop's small crops pass a smaller one).
 
     Returns:
-        float32 ``B×C×H×W``, normalised.
+        float32 ``B×C×H×W`` (``B×C×size×size`` with ``size``), normalised.
     """
     x = images.float() / 255
-    x = _random_resized_crop(x, crop_scale, crop_ratio)
+    x = _random_resized_crop(x, crop_scale, crop_ratio, size)
     if hflip:
         x = _random_hflip(x)
     if jitter is not None and jitter_p > 0:
@@ -157,9 +159,9 @@ def _random_hflip(x: Tensor) -> Tensor:
 
 
 def _random_resized_crop(
-    x: Tensor, scale: tuple[float, float], ratio: tuple[float, float]
+    x: Tensor, scale: tuple[float, float], ratio: tuple[float, float], size: int | None = None
 ) -> Tensor:
-    """torchvision's RandomResizedCrop with per-sample boxes, resized back to H×W.
+    """torchvision's RandomResizedCrop with per-sample boxes, resized back to H×W (or size×size).
 
     All attempts are drawn at once and the first box that fits is kept; samples with none fall
     back to torchvision's centre crop.
@@ -168,7 +170,7 @@ def _random_resized_crop(
         x: float ``N×C×H×W``.
 
     Returns:
-        float ``N×C×H×W``.
+        float ``N×C×H×W`` (``N×C×size×size`` with ``size``).
     """
     n, _, h, w = x.shape
     dev = x.device
@@ -200,9 +202,11 @@ def _random_resized_crop(
 
     index = torch.arange(n, device=dev, dtype=x.dtype)
     boxes = torch.stack([index, left, top, left + box_w, top + box_h], 1)
-    # The crop is never smaller than the output, so one bilinear sample per output pixel is plain
-    # bilinear upsampling (and an exact copy for a full-size box); more samples would blur.
-    return roi_align(x, boxes, (h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    # At H×W the crop is never smaller than the output, so one bilinear sample per output pixel is
+    # plain bilinear upsampling (and an exact copy for a full-size box); more samples would blur.
+    # Multi-crop's small crops are about their output's size, where that is close enough.
+    out = (h, w) if size is None else (size, size)
+    return roi_align(x, boxes, out, spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
 
 def _color_jitter(x: Tensor, jitter: tuple[float, float, float, float], p: float) -> Tensor:

@@ -1,4 +1,5 @@
-"""Named augmented views configured from the data section: weak, simclr and strong."""
+"""Named augmented views configured from the data section: weak, simclr, local (multi-crop's
+small SimCLR crops) and strong."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from scan.data.augment import VIEWS
 
 
 def make_view(name: str, cfg: DataConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function uint8 B×C×H×W -> normalised float32 B×C×H×W for view `name`."""
+    """A function uint8 B×C×H×W -> normalised float32 B×C×H×W for view `name` (B×C×s×s with
+    s = data.local_size for "local")."""
+    colour = dict(hflip=cfg.hflip, jitter=tuple(cfg.jitter), jitter_p=cfg.jitter_p, grayscale_p=cfg.grayscale_p)
     options = {
-        "weak": {},
-        "simclr": dict(crop_scale=tuple(cfg.crop_scale), hflip=cfg.hflip, jitter=tuple(cfg.jitter),
-                       jitter_p=cfg.jitter_p, grayscale_p=cfg.grayscale_p),
-        "strong": dict(hflip=cfg.hflip, num_ops=cfg.strong_ops, cutout=cfg.cutout),
+        "weak": ("weak", {}),
+        "simclr": ("simclr", dict(crop_scale=tuple(cfg.crop_scale), **colour)),
+        "local": ("simclr", dict(crop_scale=tuple(cfg.local_crop_scale), size=cfg.local_size, **colour)),
+        "strong": ("strong", dict(hflip=cfg.hflip, num_ops=cfg.strong_ops, cutout=cfg.cutout)),
     }
-    return partial(VIEWS[name], mean=cfg.mean, std=cfg.std, **options[name])
+    view, kwargs = options[name]
+    return partial(VIEWS[view], mean=cfg.mean, std=cfg.std, **kwargs)

@@ -13,7 +13,7 @@ from scan.data.sources import ImageSplits
 from scan.data.stream import image_batches, on_device
 from scan.data.views import make_view
 from scan.errors import ScanError
-from scan.losses import nt_xent
+from scan.losses import multicrop_nt_xent
 from scan.models.backbones import build_backbone
 from scan.models.heads import ContrastiveModel
 from scan.models.hub import load_pretrained
@@ -25,15 +25,20 @@ from scan.training.loop import StepResult, TrainState, fit
 from scan.training.optim import build_optimizer, cosine_schedule
 
 
-def simclr_step(ctx: RunContext, net: Callable, view: Callable, temperature: float) -> Callable[[tuple], StepResult]:
+def simclr_step(ctx: RunContext, net: Callable, view: Callable, temperature: float,
+                local_view: Callable | None = None, local_crops: int = 0) -> Callable[[tuple], StepResult]:
     """The SimCLR step: two views of each of the rank's b images through `net` in one batch (so
-    BatchNorm sees 2b images), NT-Xent against the views of the whole global batch."""
+    BatchNorm sees 2b images), NT-Xent against the views of the whole global batch. With
+    `local_crops`, that many small crops of each image (`local_view`) go through `net` in a second
+    batch, and the loss is multi-crop NT-Xent over all the views."""
 
     def step(batch: tuple[torch.Tensor, torch.Tensor]) -> StepResult:
         _, pixels = batch
-        z = ctx.forward(net, torch.cat([view(pixels), view(pixels)]))
         b = len(pixels)
-        return {"loss": nt_xent(z[:b], z[b:], temperature, ctx.dist)}
+        z = ctx.forward(net, torch.cat([view(pixels), view(pixels)]))
+        if local_crops:
+            z = torch.cat([z, ctx.forward(net, torch.cat([local_view(pixels) for _ in range(local_crops)]))])
+        return {"loss": multicrop_nt_xent(z.unflatten(0, (-1, b)), temperature, ctx.dist)}
 
     return step
 
@@ -71,7 +76,8 @@ def run_pretext(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits)
     fit(ctx, state, epochs=pc.epochs, steps=steps_per_epoch(len(images), pc.batch_size),
         batches=lambda _: image_batches(images, shuffled_batches(ctx, len(images), pc.batch_size), ctx.device,
                                         cfg.runtime.workers),
-        step=simclr_step(ctx, net, make_view("simclr", cfg.data), pc.temperature),
+        step=simclr_step(ctx, net, make_view("simclr", cfg.data), pc.temperature, make_view("local", cfg.data),
+                         pc.local_crops),
         lrs=cosine_schedule(pc.lr, pc.epochs, pc.lr_decay_rate, pc.warmup_epochs),
         describe=lambda r: f"lr {r['lr']:.4g}")
     if ctx.is_main:
