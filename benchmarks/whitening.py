@@ -18,7 +18,7 @@ from scan.data.sources import load_source
 from scan.knn import knn, neighbor_accuracy
 from scan.rundir import read_config
 from scan.stages.artifacts import load_features
-from scan.whitening import power_whiten
+from scan.whitening import search_space
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
         features = load_features(run)
         accuracy = {}
         for power in args.powers:
-            space = power_whiten(features, power)[0] if power else features
+            space, _ = search_space(features, power)
             accuracy[f"{power:g}"] = round(neighbor_accuracy(knn(space, args.k)[0], labels), 4)
         print(json.dumps({"benchmark": "whitening", "run": str(root), "preset": cfg.preset, "seed": cfg.seed,
                           "features": f"{features.shape[1]}-d {cfg.mine.features}", "k": args.k,

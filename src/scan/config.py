@@ -322,6 +322,11 @@ def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
         raise ScanError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _check_area_share(key: str, scale: list[float]) -> None:
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ScanError(f"{key} must be [min, max] with 0 < min <= max <= 1, got {scale}")
+
+
 def _check_positive(cfg: RunConfig, keys: list[str]) -> None:
     flat = flatten(cfg.to_dict())
     for key in keys:
@@ -391,11 +396,8 @@ def validate(cfg: RunConfig) -> None:
         raise ScanError(f"data.mean must lie in [0, 1] (pixels are scaled to [0, 1]), got {cfg.data.mean}")
     if not all(s > 0 for s in cfg.data.std):
         raise ScanError(f"data.std must be > 0 for every channel, got {cfg.data.std}")
-    if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
-        raise ScanError(f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {cfg.data.crop_scale}")
-    scale = cfg.data.local_crop_scale
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-        raise ScanError(f"data.local_crop_scale must be [min, max] with 0 < min <= max <= 1, got {scale}")
+    _check_area_share("data.crop_scale", cfg.data.crop_scale)
+    _check_area_share("data.local_crop_scale", cfg.data.local_crop_scale)
     if cfg.pretext.local_crops < 0:
         raise ScanError(f"pretext.local_crops must be >= 0 (0 turns multi-crop off), got {cfg.pretext.local_crops}")
     if cfg.pretext.local_crops and not 1 <= cfg.data.local_size <= cfg.data.size:

@@ -41,3 +41,11 @@ def power_whiten(
     projection = (axes * eigenvalues.pow(-power / 2)).float()
     mapped = None if others is None else (F.normalize(others.float(), dim=1) - mean) @ projection
     return centred @ projection, mapped
+
+
+def search_space(
+    features: torch.Tensor, power: float, others: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The space neighbours are searched in (mine.whitening): the features as they are at power 0
+    (plain cosine; power_whiten at 0 would still centre and rotate them), else power_whiten's."""
+    return power_whiten(features, power, others) if power else (features, others)

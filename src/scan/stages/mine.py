@@ -17,7 +17,7 @@ from scan.models.features import extract_features
 from scan.stages.artifacts import load_pretext_backbone, load_pretext_model
 from scan.training.batches import infer
 from scan.training.context import RunContext
-from scan.whitening import power_whiten
+from scan.whitening import search_space
 
 
 def embed(ctx: RunContext, cfg: RunConfig, run: RunDir, images: Images, path: Path) -> torch.Tensor:
@@ -45,7 +45,7 @@ def run_mine(ctx: RunContext, cfg: RunConfig, run: RunDir, data: ImageSplits) ->
     summary: dict = {"k": mc.k, "n": len(features)}
     if not ctx.is_main:
         return summary
-    space, test_space = power_whiten(features, mc.whitening, test_features) if mc.whitening else (features, test_features)
+    space, test_space = search_space(features, mc.whitening, test_features)
     neighbors, _ = knn(space, mc.k, backend=mc.backend)
     if test_space is None:
         val_neighbors = neighbors[:, : mc.val_k]
