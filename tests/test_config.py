@@ -146,6 +146,8 @@ def test_unknown_preset_lists_valid_presets():
     ("data.local_crop_scale=[0,0.2]", "data.local_crop_scale must be [min, max] with 0 < min <= max <= 1"),
     ("pretext.local_crops=-1", "pretext.local_crops must be >= 0"),
     ("pretext.local_crops=2 data.local_size=9", "data.local_size must be in [1, data.size=8] for multi-crop, got 9"),
+    ("data.simclr_size_ratio=1.5", "data.simclr_size_ratio must be in (0, 1], got 1.5"),
+    ("data.simclr_size_ratio=0", "data.simclr_size_ratio must be in (0, 1], got 0"),
     ("mine.val_k=5 mine.k=4", "mine.val_k (5) must not exceed mine.k (4)"),
 ])
 def test_value_checks(override, words):

@@ -118,27 +118,46 @@ def test_whitened_mining_searches_the_whitened_train_and_test_features(tmp_path,
     assert not np.array_equal(np.load(mine / "neighbors.npy"), knn(train, 20)[0].numpy())
 
 
-def test_multicrop_pretext_forwards_small_crops_and_contrasts_all_views(tmp_path, monkeypatch):
-    """pretext.local_crops=3 at data.local_size=4 on 8×8 digits: each step forwards the two full
-    views in one batch and the three small crops (4×4) in another, and the loss sees 5 views."""
-    inputs, views = [], []
-    real_forward, real_loss = scan.training.context.Runtime.forward, scan.stages.pretext.multicrop_nt_xent
+@pytest.fixture
+def forwarded_shapes(monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the batches the stages forward through their networks, in order."""
+    shapes = []
+    real_forward = scan.training.context.Runtime.forward
 
     def recording_forward(self, net, x):
-        inputs.append(tuple(x.shape))
+        shapes.append(tuple(x.shape))
         return real_forward(self, net, x)
+
+    monkeypatch.setattr(scan.training.context.Runtime, "forward", recording_forward)
+    return shapes
+
+
+def test_multicrop_pretext_forwards_small_crops_and_contrasts_all_views(tmp_path, monkeypatch, forwarded_shapes):
+    """pretext.local_crops=3 at data.local_size=4 on 8×8 digits: each step forwards the two full
+    views in one batch and the three small crops (4×4) in another, and the loss sees 5 views."""
+    views = []
+    real_loss = scan.stages.pretext.multicrop_nt_xent
 
     def recording_loss(z, *args):
         views.append(tuple(z.shape))
         return real_loss(z, *args)
 
-    monkeypatch.setattr(scan.training.context.Runtime, "forward", recording_forward)
     monkeypatch.setattr(scan.stages.pretext, "multicrop_nt_xent", recording_loss)
     args = ["pretext.epochs=1", "pretext.batch_size=256", "pretext.local_crops=3", "data.local_size=4", "device=cpu"]
     assert main(["pretext", "--out", str(tmp_path), *args]) == 0
     steps = 1437 // 256
-    assert inputs == [(512, 1, 8, 8), (768, 1, 4, 4)] * steps
+    assert forwarded_shapes == [(512, 1, 8, 8), (768, 1, 4, 4)] * steps
     assert views == [(5, 256, 128)] * steps
+
+
+def test_smaller_simclr_views_train_and_mining_embeds_whole_images(tmp_path, forwarded_shapes):
+    """data.simclr_size_ratio=0.75 on 8×8 digits: SimCLR forwards 6×6 views, the mine stage the 8×8 images."""
+    args = ["pretext.epochs=1", "pretext.batch_size=256", "data.simclr_size_ratio=0.75", "mine.batch_size=1000", "device=cpu"]
+    assert main(["pretext", "--out", str(tmp_path), *args]) == 0
+    assert forwarded_shapes == [(512, 1, 6, 6)] * (1437 // 256)
+    forwarded_shapes.clear()
+    assert main(["mine", "--out", str(tmp_path), *args]) == 0
+    assert forwarded_shapes == [(1000, 1, 8, 8), (437, 1, 8, 8)]
 
 
 def test_non_finite_loss_stops_the_stage_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

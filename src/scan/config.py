@@ -38,6 +38,10 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
     hflip: bool = True
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    # Side of the SimCLR views as a share of data.size. Smaller views train faster; mining still
+    # embeds whole images at data.size, which suits crops resized down (FixRes, Touvron et al.
+    # 2019: a random resized crop magnifies objects, a smaller output undoes it).
+    simclr_size_ratio: float = 1.0
     # Multi-crop's small crops (pretext.local_crops): their side in pixels and area share.
     local_size: int = 16
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.2])
@@ -400,6 +404,8 @@ def validate(cfg: RunConfig) -> None:
     _check_area_share("data.local_crop_scale", cfg.data.local_crop_scale)
     if cfg.pretext.local_crops < 0:
         raise ScanError(f"pretext.local_crops must be >= 0 (0 turns multi-crop off), got {cfg.pretext.local_crops}")
+    if not 0 < cfg.data.simclr_size_ratio <= 1:
+        raise ScanError(f"data.simclr_size_ratio must be in (0, 1], got {cfg.data.simclr_size_ratio}")
     if cfg.pretext.local_crops and not 1 <= cfg.data.local_size <= cfg.data.size:
         raise ScanError(f"data.local_size must be in [1, data.size={cfg.data.size}] for multi-crop, got {cfg.data.local_size}")
     if len(cfg.data.jitter) != 4:
@@ -495,6 +501,7 @@ KEY_HELP: dict[str, str] = {
     "data.std": "per-channel standard deviation used to normalise images in [0, 1]",
     "data.hflip": "random horizontal flips in the training views",
     "data.crop_scale": "[min, max] area share of the random resized crop (SimCLR views)",
+    "data.simclr_size_ratio": "side of the SimCLR views as a share of data.size (rounded, at least 1 pixel); mining still embeds at data.size",
     "data.local_size": "side in pixels of multi-crop's small crops (pretext.local_crops)",
     "data.local_crop_scale": "[min, max] area share of multi-crop's small crops",
     "data.jitter": "colour jitter strength [brightness, contrast, saturation, hue]",

@@ -204,7 +204,8 @@ def _random_resized_crop(
     boxes = torch.stack([index, left, top, left + box_w, top + box_h], 1)
     # At H×W the crop is never smaller than the output, so one bilinear sample per output pixel is
     # plain bilinear upsampling (and an exact copy for a full-size box); more samples would blur.
-    # Multi-crop's small crops are about their output's size, where that is close enough.
+    # Smaller outputs (multi-crop's small crops, data.simclr_size_ratio) shrink a box by little
+    # (cifar10_cpu: at most 32 -> 24 px), where one sample per pixel is close enough.
     out = (h, w) if size is None else (size, size)
     return roi_align(x, boxes, out, spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
